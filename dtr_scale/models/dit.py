@@ -1,0 +1,312 @@
+"""The DiT (Peebles & Xie, 2023) with Denoising Task Routing, in one readable file.
+
+Parameter names match the official DiT checkpoints, so official weights load strictly (see
+`pretrained.py`). Routing adds no parameters: `TaskRouter` turns the timesteps into per-sample
+channel masks once per forward, and each block applies its mask (DTR reference semantics):
+
+    r   = x * m
+    r   = r + gate_msa * Attn(modulate(LN(r), shift_msa, scale_msa))
+    r   = r + gate_mlp * MLP(modulate(LN(r), shift_mlp, scale_mlp))
+    out = r + x * (1 - m)
+
+With routing disabled (β = 1) the blocks get `mask=None` and run the plain DiT code path.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import Attention
+from .routing import RoutingConfig, TaskRouter
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p×p patches -> tokens, as a strided conv (official name `x_embedder.proj`)."""
+
+    def __init__(self, input_size: int, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not divisible by patch size {patch_size}")
+        self.patch_size = patch_size
+        self.grid_size = input_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (N, L, C)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t (frequency 256) through a 2-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    @staticmethod
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(
+            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
+        args = t[:, None].float() * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        return emb
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freq = self.timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with an extra "null" row (index num_classes) for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero transformer block; `mask` (N, 1, C) routes channels, None = plain DiT."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: str = "auto"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, backend=attention)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        r = x if mask is None else x * mask
+        # LayerNorm sees all C channels (the zeros included) and the branch outputs are not
+        # re-masked: both exactly as the DTR reference, which trained the published numbers.
+        r = r + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(r), shift_msa, scale_msa))
+        r = r + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(r), shift_mlp, scale_mlp))
+        return r if mask is None else r + x * (1 - mask)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nn.Module):
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        routing: RoutingConfig | None = None,
+        attention: str = "auto",
+        checkpointing: float = 0.0,
+    ):
+        super().__init__()
+        if not 0.0 <= checkpointing <= 1.0:
+            raise ValueError(f"model.checkpointing must be a fraction in [0, 1], got {checkpointing!r}")
+        self.learn_sigma = learn_sigma
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.depth = depth
+        # Blocks [0, n) recompute their activations in backward: memory for compute.
+        self.num_checkpointed = int(round(checkpointing * depth))
+
+        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        class_dropout_prob = 0.0 if num_classes == 1 else class_dropout_prob
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        # Fixed 2-D sin-cos position embedding, a frozen Parameter as in the official layout.
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden_size, num_heads, mlp_ratio, attention=attention) for _ in range(depth)
+        )
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        # β = 1 is plain DiT: no router, no buffers, no per-block multiply.
+        self.routing = routing if routing is not None and not routing.is_identity else None
+        self.router = TaskRouter(self.routing, hidden_size, depth) if self.routing else None
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic_init)
+        pos = get_2d_sincos_pos_embed(self.hidden_size, self.x_embedder.grid_size)
+        self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear, not a Conv2d
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity and the output as zero.
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, p·p·C_out) -> (N, C_out, H, W)."""
+        c, p, h = self.out_channels, self.patch_size, self.x_embedder.grid_size
+        x = x.reshape(x.shape[0], h, h, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], c, h * p, h * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (also the task index); y: (N,) labels."""
+        h = self.x_embedder(x) + self.pos_embed
+        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        masks = self.router(t, h.dtype) if self.router is not None else None  # (G, N, 1, C)
+        for i, block in enumerate(self.blocks):
+            mask = None if masks is None else masks[i if masks.shape[0] > 1 else 0]
+            if i < self.num_checkpointed and torch.is_grad_enabled():
+                h = checkpoint(block, h, c, mask, use_reentrant=False)
+            else:
+                h = block(h, c, mask)
+        return self.unpatchify(self.final_layer(h, c))
+
+    def forward_with_cfg(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, cfg_channels: int | None = None
+    ) -> torch.Tensor:
+        """Classifier-free guidance on a batch [x; x] with labels [y; null].
+
+        Guidance is applied to all latent channels by default; `cfg_channels=3` reproduces the
+        official DiT samples, which guided only the first three of the four channels.
+        """
+        half = x[: len(x) // 2]
+        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        n = self.in_channels if cfg_channels is None else int(cfg_channels)
+        eps, rest = out[:, :n], out[:, n:]
+        cond, uncond = eps.chunk(2, dim=0)
+        guided = uncond + cfg_scale * (cond - uncond)
+        return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
+    """(grid², D) MAE-style fixed embedding: half the channels encode rows, half columns."""
+    grid_h = np.arange(grid_size, dtype=np.float32)
+    grid_w = np.arange(grid_size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape(2, 1, grid_size, grid_size)
+    emb_h = _sincos_1d(embed_dim // 2, grid[0])
+    emb_w = _sincos_1d(embed_dim // 2, grid[1])
+    return np.concatenate([emb_h, emb_w], axis=1)
+
+
+def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
+    omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+# name -> (depth, hidden_size, num_heads). "T" is a tiny size for CPU tests and the demo.
+DIT_SIZES = {
+    "T": (6, 128, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+DIT_PATCHES = (2, 4, 8)
+DIT_MODELS = tuple(f"DiT-{s}/{p}" for s in DIT_SIZES for p in DIT_PATCHES)
+
+
+def parse_model_name(name: str) -> tuple[int, int, int, int]:
+    """'DiT-L/2' -> (depth, hidden, heads, patch); unknown names list what is allowed."""
+    try:
+        size, patch = name.removeprefix("DiT-").split("/")
+        depth, hidden, heads = DIT_SIZES[size]
+        if int(patch) not in DIT_PATCHES:
+            raise KeyError(patch)
+    except (KeyError, ValueError):
+        raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(DIT_MODELS)}") from None
+    return depth, hidden, heads, int(patch)
+
+
+def create_model(
+    name: str,
+    *,
+    input_size: int,
+    in_channels: int = 4,
+    num_classes: int = 1000,
+    learn_sigma: bool = True,
+    class_dropout_prob: float = 0.1,
+    routing: RoutingConfig | None = None,
+    attention: str = "auto",
+    checkpointing: float = 0.0,
+) -> DiT:
+    depth, hidden, heads, patch = parse_model_name(name)
+    return DiT(
+        input_size=input_size,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        class_dropout_prob=class_dropout_prob,
+        num_classes=num_classes,
+        learn_sigma=learn_sigma,
+        routing=routing,
+        attention=attention,
+        checkpointing=checkpointing,
+    )
