@@ -1,0 +1,283 @@
+"""Typed experiment configuration: YAML files, dotted command-line overrides, validation.
+
+    cfg = load_config("configs/digits-tiny.yaml", ["model.routing.sharing_ratio=0.6"])
+
+Every key has a type and a default here; a YAML file or an override that names an unknown key,
+gives a value of the wrong type or one out of range is an error that names the key, the value
+given and what is allowed. `to_yaml(cfg)` is what training prints at start and saves beside the
+checkpoints, so a run can always be reproduced from its own directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from .models.attention import ATTENTION_BACKENDS
+from .models.dit import DIT_MODELS
+from .models.routing import ROUTING_INITS
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the dotted key."""
+
+
+@dataclass
+class RoutingSection:
+    sharing_ratio: float = 0.8  # β; 1.0 = plain DiT
+    init: str = "dtr"  # dtr | random
+    alpha: float = 4.0
+    num_tasks: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class ModelSection:
+    name: str = "DiT-T/2"
+    input_size: Optional[int] = None  # latent side; None = from the dataset manifest
+    in_channels: Optional[int] = None  # None = from the dataset manifest
+    num_classes: Optional[int] = None  # None = from the dataset manifest
+    learn_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    attention: str = "auto"  # auto | xformers | sdpa | math
+    checkpointing: float = 0.0  # fraction of blocks with activation checkpointing
+
+
+@dataclass
+class DiffusionSection:
+    schedule: str = "linear"  # linear (DiT) | cosine (ANT)
+    steps: int = 1000
+    loss_weighting: str = "constant"  # constant | min_snr | p2 | ant_uw
+    snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
+    ant_clusters: int = 8
+    ant_lr: float = 0.025
+
+
+@dataclass
+class DataSection:
+    path: str = ""
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    mode: str = "resampled"  # epoch | resampled
+    on_error: str = "skip"  # skip | raise
+    verify_sha256: bool = False
+
+
+@dataclass
+class TrainSection:
+    global_batch_size: int = 256
+    grad_accum: int = 1
+    max_steps: int = 400000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max global grad norm; 0 = no clipping (DiT default)
+    ema_decay: float = 0.9999
+    seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    log_every: int = 50
+    max_consecutive_nonfinite: int = 10
+    sample_every: int = 0  # in-loop sample grids (PNG); 0 = off
+
+
+@dataclass
+class ParallelSection:
+    engine: str = "single"  # single | ddp | fsdp | deepspeed
+    zero_stage: int = 2
+    offload: bool = False  # DeepSpeed: optimizer state (and ZeRO-3 params) on the CPU
+    deepspeed_config: Optional[str] = None  # JSON whose keys override the generated config
+
+
+@dataclass
+class CheckpointSection:
+    dir: str = "runs/default"
+    every: int = 5000
+    keep: int = 3
+    resume: str = "auto"  # auto | none | PATH
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # 0 = no in-loop evaluation
+    num_samples: int = 1000
+    sampling_steps: str = "250"
+    cfg_scale: float = 1.5
+    extractor: str = "pixels"  # pixels | inception
+    inception_weights: Optional[str] = None
+    ref: Optional[str] = None  # reference npz / folder; None = the training shards
+
+
+@dataclass
+class Config:
+    model: ModelSection = field(default_factory=ModelSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+CHOICES = {
+    "model.name": DIT_MODELS,
+    "model.routing.init": ROUTING_INITS,
+    "model.attention": ATTENTION_BACKENDS,
+    "diffusion.schedule": ("linear", "cosine"),
+    "diffusion.loss_weighting": ("constant", "min_snr", "p2", "ant_uw"),
+    "data.mode": ("epoch", "resampled"),
+    "data.on_error": ("skip", "raise"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "parallel.engine": ("single", "ddp", "fsdp", "deepspeed"),
+    "parallel.zero_stage": (1, 2, 3),
+    "eval.extractor": ("pixels", "inception"),
+}
+
+# key -> (predicate, description of the allowed range)
+RANGES = {
+    "model.routing.sharing_ratio": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "model.routing.alpha": (lambda v: v > 0, "> 0"),
+    "model.routing.num_tasks": (lambda v: v >= 1, ">= 1"),
+    "model.checkpointing": (lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
+    "model.class_dropout_prob": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "diffusion.steps": (lambda v: v >= 2, ">= 2"),
+    "diffusion.ant_clusters": (lambda v: v >= 1, ">= 1"),
+    "train.global_batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.grad_accum": (lambda v: v >= 1, ">= 1"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0"),
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.log_every": (lambda v: v >= 1, ">= 1"),
+    "checkpoint.every": (lambda v: v >= 1, ">= 1"),
+    "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of sub-keys, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got boolean {value!r}")
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. eval.sampling_steps: 250
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; allowed keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
+        )
+    kwargs = {name: _coerce(prefix + name, data[name], hints[name]) for name in names if name in data}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> Config:
+    cfg = _build(Config, data or {})
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=value' -> ('a.b', value parsed as YAML, so 0.6 is a float and true a bool)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data: dict = {}
+    if path:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def _get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config, world_size: int | None = None) -> Config:
+    """Range and choice checks; with `world_size`, also the batch split across ranks."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(map(str, allowed))}")
+    for key, (ok, desc) in RANGES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}: got {value!r}; must be {desc}")
+    if world_size is not None:
+        per_step = world_size * cfg.train.grad_accum
+        if cfg.train.global_batch_size % per_step:
+            raise ConfigError(
+                f"train.global_batch_size: got {cfg.train.global_batch_size}, not divisible by "
+                f"world size {world_size} × train.grad_accum {cfg.train.grad_accum} = {per_step}; "
+                f"use a multiple of {per_step}"
+            )
+    if cfg.parallel.engine != "deepspeed" and cfg.parallel.offload:
+        raise ConfigError("parallel.offload: CPU offload is a DeepSpeed feature; set parallel.engine=deepspeed")
+    return cfg
