@@ -214,7 +214,9 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (also the task index); y: (N,) labels."""
-        h = self.x_embedder(x) + self.pos_embed
+        # Inputs follow the weights' dtype (bf16 under FSDP mixed precision or DeepSpeed bf16);
+        # the output goes back to fp32 so that the loss and the sampler work in full precision.
+        h = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype)) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         masks = self.router(t, h.dtype) if self.router is not None else None  # (G, N, 1, C)
         for i, block in enumerate(self.blocks):
@@ -223,7 +225,7 @@ class DiT(nn.Module):
                 h = checkpoint(block, h, c, mask, use_reentrant=False)
             else:
                 h = block(h, c, mask)
-        return self.unpatchify(self.final_layer(h, c))
+        return self.unpatchify(self.final_layer(h, c)).float()
 
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, cfg_channels: int | None = None

@@ -1,0 +1,34 @@
+"""Exponential moving average of the parameters a rank holds.
+
+The engines hand in "local" tensors: full parameters (single, DDP, ZeRO-1/2), the rank's DTensor
+shard (FSDP2) or its ZeRO-3 partition. The average therefore lives exactly where the parameters
+live and is never gathered to one rank except for export. The shadow is kept in fp32 even when
+the parameters are bf16, so that (1 - decay)·(p - ema) ~ 1e-4 updates are not rounded away.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class LocalEMA:
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.shadow = [t.detach().to(torch.float32).clone() for t in tensors]
+
+    @torch.no_grad()
+    def update(self, tensors: list[torch.Tensor], decay: float) -> None:
+        if len(tensors) != len(self.shadow):
+            raise RuntimeError(f"EMA tracks {len(self.shadow)} tensors, got {len(tensors)}")
+        current = [t.detach().to(torch.float32) for t in tensors]
+        torch._foreach_lerp_(self.shadow, current, 1.0 - decay)
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        loaded = state["shadow"]
+        if len(loaded) != len(self.shadow):
+            raise RuntimeError(f"EMA checkpoint has {len(loaded)} tensors, the model {len(self.shadow)}")
+        for dst, src in zip(self.shadow, loaded):
+            if dst.shape != src.shape:
+                raise RuntimeError(f"EMA checkpoint tensor of shape {tuple(src.shape)} vs {tuple(dst.shape)}")
+            dst.copy_(src)

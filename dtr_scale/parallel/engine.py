@@ -1,0 +1,123 @@
+"""The small interface every parallelism strategy implements, and the factory that picks one.
+
+The training loop only ever calls these methods, in this order per optimizer step:
+
+    for each micro-batch:
+        with engine.accumulate(sync=last_micro_batch):
+            loss, per_sample = engine.module(x, t, y, noise)
+            engine.backward(loss)
+    result = engine.step()            # clip, skip if non-finite, optimizer step, zero grads
+    engine.update_ema(decay)          # where the parameters live
+
+plus `save`/`load` (the engine's native sharded format) and `export_ema` (consolidated weights,
+rank 0). Engines differ in how they wrap the module, reduce gradients, hold optimizer state and
+write checkpoints; the loop does not know which one it runs.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+from torch import nn
+
+from .process_group import DistEnv
+
+
+@dataclass
+class StepResult:
+    grad_norm: float  # global gradient norm before clipping (inf/nan when the step was skipped)
+    applied: bool  # False when the optimizer step was skipped (non-finite gradients)
+
+
+class Engine:
+    name = "base"
+
+    def __init__(self, objective: nn.Module, cfg, env: DistEnv, device: torch.device):
+        self.objective = objective  # unwrapped: DiT (`.dit`) + loss-weighting parameters
+        self.cfg = cfg
+        self.env = env
+        self.device = device
+        self.module: nn.Module = objective  # what the loop calls; engines replace it with a wrapper
+
+    # -- per step -----------------------------------------------------------------------------
+    def accumulate(self, sync: bool) -> ContextManager:
+        """Context around forward+backward of one micro-batch; `sync=False` defers the gradient
+        reduction (gradient accumulation)."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step(self) -> StepResult:
+        raise NotImplementedError
+
+    def discard_step(self) -> None:
+        """Throw away this step's gradients (a non-finite loss was seen on some rank)."""
+        raise NotImplementedError
+
+    def set_lr_factor(self, factor: float) -> None:
+        raise NotImplementedError
+
+    def update_ema(self, decay: float) -> None:
+        raise NotImplementedError
+
+    # -- state -------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Collective: every rank writes its part of the engine state under `path`."""
+        raise NotImplementedError
+
+    def load(self, path: str) -> None:
+        raise NotImplementedError
+
+    def export_ema(self) -> dict[str, torch.Tensor] | None:
+        """Collective: consolidated EMA weights of the DiT (official names, fp32, CPU) on rank 0,
+        None on the other ranks."""
+        raise NotImplementedError
+
+    def export_model(self) -> dict[str, torch.Tensor] | None:
+        """Collective: consolidated raw (non-EMA) weights, like `export_ema`."""
+        raise NotImplementedError
+
+    def memory_stats(self) -> dict[str, float]:
+        if self.device.type == "cuda":
+            return {"peak_mem_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}
+        import resource  # CPU: the process's peak resident set (kB on Linux)
+
+        return {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def dit_names(objective: nn.Module) -> list[str]:
+    return [name for name, _ in objective.dit.named_parameters()]
+
+
+def build_engine(objective: nn.Module, cfg, env: DistEnv, device: torch.device) -> Engine:
+    """Wrap `objective` (already on `device`) with the engine named by `parallel.engine`."""
+    name = cfg.parallel.engine
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            "train.precision=fp16 needs CUDA (loss scaling of fp16 kernels); on the CPU use fp32 "
+            "(or bf16 where the CPU supports it)"
+        )
+    if name in ("ddp", "fsdp") and not torch.distributed.is_initialized():
+        raise RuntimeError(
+            f"parallel.engine={name} needs a process group: launch with torchrun, srun or deepspeed"
+        )
+    if name == "single":
+        from .local import SingleEngine
+
+        return SingleEngine(objective, cfg, env, device)
+    if name == "ddp":
+        from .local import DDPEngine
+
+        return DDPEngine(objective, cfg, env, device)
+    if name == "fsdp":
+        from .fsdp import FSDPEngine
+
+        return FSDPEngine(objective, cfg, env, device)
+    if name == "deepspeed":
+        from .deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(objective, cfg, env, device)
+    raise ValueError(f"parallel.engine: unknown engine {name!r}")

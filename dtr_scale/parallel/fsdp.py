@@ -1,0 +1,130 @@
+"""FSDP2 engine: `fully_shard` per DiT block, then the root; checkpoints through DCP.
+
+Parameters, gradients and optimizer state are sharded over the ranks (dim-0 DTensor shards), and
+so is the EMA: it averages each rank's local shard. bf16 runs with MixedPrecisionPolicy
+(bf16 compute, fp32 gradient reduction, fp32 master weights).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from .engine import Engine, StepResult
+from .ema import LocalEMA
+from .optim import build_optimizer, param_groups, set_lr
+
+
+class FSDPEngine(Engine):
+    name = "fsdp"
+
+    def __init__(self, objective, cfg, env, device):
+        super().__init__(objective, cfg, env, device)
+        t = cfg.train
+        if t.precision == "fp16":
+            raise ValueError("parallel.engine=fsdp supports train.precision fp32 or bf16; use bf16 (or deepspeed/ddp for fp16)")
+        self.accum = t.grad_accum
+        self.mesh = init_device_mesh(device.type, (env.world_size,))
+        mp = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if t.precision == "bf16" else None,
+            reduce_dtype=torch.float32,
+            # DiT.forward casts its input to the weights' dtype itself; the diffusion maths
+            # (noise, x_t, targets) at the root stays fp32.
+            cast_forward_inputs=False,
+        )
+        for block in objective.dit.blocks:
+            fully_shard(block, mesh=self.mesh, mp_policy=mp)
+        fully_shard(objective, mesh=self.mesh, mp_policy=mp)
+        self.module = objective
+        self.optimizer = build_optimizer(
+            param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr), (t.beta1, t.beta2), device
+        )
+        self.ema = LocalEMA(self._local_dit())
+
+    def _local_dit(self) -> list[torch.Tensor]:
+        return [p.to_local() for p in self.objective.dit.parameters()]
+
+    def accumulate(self, sync):
+        self.objective.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        (loss / self.accum).backward()
+
+    def step(self):
+        clip = self.cfg.train.grad_clip or float("inf")
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        if not torch.isfinite(torch.tensor(norm)):
+            self.discard_step()
+            return StepResult(norm, False)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(norm, True)
+
+    def discard_step(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def set_lr_factor(self, factor):
+        set_lr(self.optimizer, factor)
+
+    def update_ema(self, decay):
+        self.ema.update(self._local_dit(), decay)
+
+    def _ema_dtensors(self) -> dict[str, DTensor]:
+        """The EMA shards as DTensors laid out like the parameters (what DCP saves/loads)."""
+        out = {}
+        for (name, p), shadow in zip(self.objective.dit.named_parameters(), self.ema.shadow):
+            out[name] = DTensor.from_local(shadow, p.device_mesh, p.placements, run_check=False,
+                                           shape=p.shape, stride=p.stride())
+        return out
+
+    def save(self, path):
+        state = {
+            "model": get_model_state_dict(self.objective),
+            "optim": get_optimizer_state_dict(self.objective, self.optimizer),
+            "ema": self._ema_dtensors(),
+        }
+        dcp.save(state, checkpoint_id=path)
+
+    def load(self, path):
+        state = {
+            "model": get_model_state_dict(self.objective),
+            "optim": get_optimizer_state_dict(self.objective, self.optimizer),
+            "ema": self._ema_dtensors(),
+        }
+        dcp.load(state, checkpoint_id=path)
+        set_model_state_dict(self.objective, state["model"])
+        set_optimizer_state_dict(self.objective, self.optimizer, state["optim"])
+        for shadow, loaded in zip(self.ema.shadow, state["ema"].values()):
+            shadow.copy_(loaded.to_local())
+
+    def _gather(self, tensors) -> dict[str, torch.Tensor] | None:
+        out = {}
+        for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
+            full = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                                      shape=p.shape, stride=p.stride()).full_tensor()
+            if self.env.rank == 0:
+                out[name] = full.detach().float().cpu()
+        if self.env.rank != 0:
+            return None
+        for name, buf in self.objective.dit.named_buffers():
+            out[name] = buf.detach().cpu().clone()
+        return out
+
+    def export_ema(self):
+        return self._gather(self.ema.shadow)
+
+    def export_model(self):
+        return self._gather(self._local_dit())

@@ -1,0 +1,137 @@
+"""Single-process and DDP engines: full parameters and optimizer state on every rank.
+
+Mixed precision is torch.autocast (bf16, or fp16 with a GradScaler on CUDA); parameters, EMA and
+optimizer state stay fp32. Checkpoints are one `torch.save` file written by rank 0, since every
+rank holds identical state.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .engine import Engine, StepResult
+from .ema import LocalEMA
+from .optim import build_optimizer, param_groups, set_lr
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class AutocastModule(nn.Module):
+    """Runs the wrapped module under autocast, so that the loop's call is the same everywhere."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype | None, device_type: str):
+        super().__init__()
+        self.inner = module
+        self.dtype = dtype
+        self.device_type = device_type
+
+    def forward(self, *args, **kwargs):
+        if self.dtype is None:
+            return self.inner(*args, **kwargs)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.inner(*args, **kwargs)
+
+
+class SingleEngine(Engine):
+    name = "single"
+
+    def __init__(self, objective, cfg, env, device):
+        super().__init__(objective, cfg, env, device)
+        t = cfg.train
+        self.accum = t.grad_accum
+        self.optimizer = build_optimizer(
+            param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr), (t.beta1, t.beta2), device
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
+        self.module = self.wrap(AutocastModule(objective, _DTYPES.get(t.precision), device.type))
+        self.ema = LocalEMA(self._dit_params())
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def _dit_params(self) -> list[torch.Tensor]:
+        return list(self.objective.dit.parameters())
+
+    def backward(self, loss):
+        loss = loss / self.accum
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self):
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.train.grad_clip or float("inf")
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if not torch.isfinite(torch.tensor(norm)):
+            self.discard_step()
+            return StepResult(norm, False)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(norm, True)
+
+    def discard_step(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.update(self.scaler.get_scale() / 2)
+
+    def set_lr_factor(self, factor):
+        set_lr(self.optimizer, factor)
+
+    def update_ema(self, decay):
+        self.ema.update(self._dit_params(), decay)
+
+    def _state(self) -> dict:
+        return {
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
+
+    def save(self, path):
+        if self.env.rank == 0:
+            os.makedirs(path, exist_ok=True)
+            torch.save(self._state(), os.path.join(path, "state.pt"))
+
+    def load(self, path):
+        state = torch.load(os.path.join(path, "state.pt"), map_location=self.device, weights_only=True)
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict(state["ema"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def _named(self, tensors) -> dict[str, torch.Tensor] | None:
+        if self.env.rank != 0:
+            return None
+        names = [n for n, _ in self.objective.dit.named_parameters()]
+        out = {n: t.detach().float().cpu().clone() for n, t in zip(names, tensors)}
+        for name, buf in self.objective.dit.named_buffers():
+            out[name] = buf.detach().cpu().clone()
+        return out
+
+    def export_ema(self):
+        return self._named(self.ema.shadow)
+
+    def export_model(self):
+        return self._named(self._dit_params())
+
+
+class DDPEngine(SingleEngine):
+    name = "ddp"
+
+    def wrap(self, module):
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Buffers (the routing masks) never change during training: no per-step broadcast.
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+
+    def accumulate(self, sync):
+        return contextlib.nullcontext() if sync else self.module.no_sync()

@@ -1,0 +1,40 @@
+"""Optimizer parameter groups, optimizer construction and the LR schedule, shared by every engine."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def param_groups(objective: nn.Module, lr: float, weight_decay: float, ant_lr: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices only (biases, embeddings' 1-D params untouched),
+    and ANT-UW's log-variances in their own group with their own LR and no decay.
+    Every group records `base_lr`, which the warmup schedule scales."""
+    decay, no_decay = [], []
+    for name, p in objective.dit.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay, "base_lr": lr},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "base_lr": lr},
+    ]
+    if objective.weighting is not None:
+        groups.append({"params": [objective.weighting.log_vars], "lr": ant_lr, "weight_decay": 0.0, "base_lr": ant_lr})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict], betas: tuple[float, float], device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the fused CUDA kernel on GPUs (one launch for all tensors), foreach on the CPU."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, betas=betas, eps=1e-8, fused=fused, foreach=None if fused else True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def lr_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup to the base LR over `warmup_steps` optimizer steps, then constant (DiT)."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)

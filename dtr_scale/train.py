@@ -1,0 +1,243 @@
+"""Training: `python -m dtr_scale.train --config FILE [key.sub=value ...]`.
+
+One loop for every engine (single, DDP, FSDP2, DeepSpeed ZeRO-1/2/3); it runs the same under
+torchrun, srun and the deepspeed launcher. Read top to bottom: set up, resume, then per step
+draw micro-batches, back-propagate, step, update the EMA, log, checkpoint, and stop cleanly on
+preemption.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from . import faults
+from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng_state
+from .config import Config, ConfigError, load_config, to_yaml, validate
+from .data import LatentLoader, check_data_path
+from .diffusion import timestep_cluster
+from .metrics import MetricsLogger
+from .models import RoutingConfig, create_model, dit_train_flops
+from .objective import build_objective
+from .parallel.engine import build_engine
+from .parallel.optim import lr_factor
+from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
+from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+
+log = logging.getLogger("dtr_scale")
+NUM_LOG_CLUSTERS = 8  # loss per timestep cluster, the way DTR/ANT users read training
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
+    p.add_argument("--resume", default=None, help="auto | none | CHECKPOINT_DIR (overrides checkpoint.resume)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.routing.sharing_ratio=0.6")
+    return p.parse_args(argv)
+
+
+def build_model(cfg: Config, loader: LatentLoader):
+    """The DiT, with shape/class defaults filled from the dataset manifest."""
+    m = cfg.model
+    channels, height, width = loader.latent_shape
+    m.in_channels = m.in_channels or channels
+    m.input_size = m.input_size or height
+    m.num_classes = m.num_classes or loader.num_classes
+    if (m.in_channels, m.input_size) != (channels, height) or height != width:
+        raise ConfigError(
+            f"model.input_size/in_channels = {m.input_size}/{m.in_channels} do not match the data's "
+            f"latent shape {loader.latent_shape} (from {cfg.data.path}/dataset.json)"
+        )
+    r = m.routing
+    routing = RoutingConfig(r.sharing_ratio, r.init, r.alpha, r.num_tasks, r.seed)
+    return create_model(m.name, input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
+                        learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob, routing=routing,
+                        attention=m.attention, checkpointing=m.checkpointing)
+
+
+def infinite(loader: LatentLoader):
+    """Epoch mode ends each pass; training just starts the next one (the loader tracks epochs)."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise RuntimeError("the data loader produced no batch for this rank; check data.path and the batch size")
+
+
+def cluster_sums(per_sample: torch.Tensor, t: torch.Tensor, steps: int) -> torch.Tensor:
+    """(2, K) float64 [sum of losses, count] per timestep cluster."""
+    k = timestep_cluster(t.cpu(), steps, NUM_LOG_CLUSTERS)
+    out = torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64)
+    out[0].index_add_(0, k, per_sample.detach().cpu().double())
+    out[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
+    return out
+
+
+def run(cfg: Config, env: DistEnv) -> int:
+    validate(cfg, world_size=env.world_size)
+    if cfg.parallel.engine == "single" and env.world_size > 1:
+        raise ConfigError(f"parallel.engine=single with {env.world_size} processes; use ddp, fsdp or deepspeed")
+    device = local_device(env)
+    t = cfg.train
+    local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
+
+    loader = LatentLoader(cfg.data.path, local_batch, rank=env.rank, world_size=env.world_size,
+                          num_workers=cfg.data.num_workers, seed=t.seed, mode=cfg.data.mode,
+                          shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error,
+                          verify_sha256=cfg.data.verify_sha256)
+    torch.manual_seed(t.seed)  # identical initial weights on every rank
+    dit = build_model(cfg, loader)
+    objective = build_objective(cfg, dit).to(device)
+    engine = build_engine(objective, cfg, env, device)
+    # Per-rank streams for timesteps and noise, so that exact resume can restore them.
+    gen_t = torch.Generator().manual_seed(t.seed * 7919 + env.rank)
+    gen_noise = torch.Generator().manual_seed(t.seed * 104729 + env.rank)
+    torch.manual_seed(t.seed * 31 + env.rank)  # label dropout draws from the global stream
+
+    config_yaml = to_yaml(cfg)
+    ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env)
+    if env.is_main:
+        print(f"resolved config ({env.world_size} rank(s), engine={engine.name}):\n{config_yaml}", flush=True)
+        atomic_write_text(os.path.join(cfg.checkpoint.dir, "config.yaml"), config_yaml)
+
+    step, skipped_total = 0, 0
+    resume_from = ckpt.resolve(cfg.checkpoint.resume)
+    if resume_from:
+        state = ckpt.load(resume_from, engine)
+        step, skipped_total = state["step"], state["skipped_steps"]
+        set_rng_state(state["rng"])
+        gen_t.set_state(state["gen_t"])
+        gen_noise.set_state(state["gen_noise"])
+        loader.load_state_dict(state["loader"])
+        if env.is_main:
+            print(f"resumed from {resume_from} at step {step}", flush=True)
+
+    def trainer_state() -> dict:
+        return {"step": step, "skipped_steps": skipped_total, "rng": rng_state(), "gen_t": gen_t.get_state(),
+                "gen_noise": gen_noise.get_state(), "loader": loader.state_dict()}
+
+    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, step)
+    preempt = PreemptionFlag()
+    flops_per_step = dit_train_flops(dit, local_batch * t.grad_accum)
+    batches = infinite(loader)
+    consecutive_bad = 0
+    window = {"loss": 0.0, "n": 0, "clusters": torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64),
+              "time": 0.0, "steps": 0, "grad_norm": 0.0, "ema_time": 0.0}
+    exit_code = 0
+    while step < t.max_steps:
+        tic = time.perf_counter()
+        engine.set_lr_factor(lr_factor(step, t.warmup_steps))
+        for micro in range(t.grad_accum):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            timesteps = objective.sample_timesteps(x.shape[0], gen_t).to(device)
+            noise = torch.randn(x.shape, generator=gen_noise).to(device)
+            with engine.accumulate(sync=micro == t.grad_accum - 1):
+                loss, per_sample = engine.module(x, timesteps, y, noise)
+                if faults.nan_step(step, env.rank):
+                    loss = loss * float("nan")
+                engine.backward(loss)
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
+            window["clusters"] += cluster_sums(per_sample, timesteps, cfg.diffusion.steps)
+        result = engine.step()
+        if result.applied:
+            consecutive_bad = 0
+            ema_tic = time.perf_counter()
+            engine.update_ema(t.ema_decay)
+            window["ema_time"] += time.perf_counter() - ema_tic
+            window["grad_norm"] += result.grad_norm
+        else:
+            skipped_total += 1
+            consecutive_bad += 1
+            if env.is_main:
+                log.warning("step %d: non-finite loss/gradient, step skipped (%d in a row)", step, consecutive_bad)
+            if consecutive_bad >= t.max_consecutive_nonfinite:
+                raise RuntimeError(
+                    f"{consecutive_bad} consecutive non-finite steps (train.max_consecutive_nonfinite="
+                    f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
+                    f"train.lr, set train.grad_clip, or check the data (data errors so far: {loader.data_errors})"
+                )
+        step += 1
+        window["time"] += time.perf_counter() - tic
+        window["steps"] += 1
+        logger.advance()
+        if faults.signal_after(step - 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            stats = torch.cat([torch.tensor([window["loss"] / max(window["n"], 1), float(loader.data_errors)],
+                                            dtype=torch.float64), window["clusters"].flatten()])
+            stats = stats.to(device)
+            if dist.is_initialized():
+                dist.all_reduce(stats)
+            stats = stats.cpu()
+            sums, counts = stats[2:].view(2, NUM_LOG_CLUSTERS)
+            secs = window["time"] / window["steps"]
+            applied = window["steps"]  # grad norms only from applied steps; fine for a window mean
+            metrics = {
+                "loss": stats[0].item() / env.world_size,
+                "grad_norm": window["grad_norm"] / max(applied, 1),
+                "lr": t.lr * lr_factor(step - 1, t.warmup_steps),
+                "img_per_s": t.global_batch_size / secs,
+                "tflops_per_rank": flops_per_step / secs / 1e12,
+                "ema_frac": window["ema_time"] / window["time"],
+                "skipped_steps": skipped_total,
+                "data_errors": stats[1].item(),
+                **engine.memory_stats(),
+            }
+            for k in range(NUM_LOG_CLUSTERS):
+                if counts[k] > 0:
+                    metrics[f"loss_t{k}"] = (sums[k] / counts[k]).item()
+            logger.log(step, metrics)
+            window = {"loss": 0.0, "n": 0, "clusters": torch.zeros_like(window["clusters"]),
+                      "time": 0.0, "steps": 0, "grad_norm": 0.0, "ema_time": 0.0}
+
+        preempted = preempt.any_rank(device)
+        if step % cfg.checkpoint.every == 0 or step == t.max_steps or preempted:
+            path = ckpt.save(step, engine, trainer_state(), config_yaml)
+            if env.is_main:
+                log.info("checkpoint %s", path)
+        if preempted:
+            if env.is_main:
+                print(f"preemption signal received: checkpointed step {step}, exiting with {REQUEUE_EXIT_CODE} "
+                      "for requeue", flush=True)
+            exit_code = REQUEUE_EXIT_CODE
+            break
+    logger.close()
+    return exit_code
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        check_data_path(cfg.data.path)  # before any process group, so a typo fails fast
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    env = init_distributed()
+    try:
+        code = run(cfg, env)
+    except BaseException:
+        log.exception("rank %d failed", env.rank)
+        # Exit hard: a clean destroy_process_group could wait on peers that will never arrive.
+        sys.stderr.flush()
+        os._exit(1)
+    shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
