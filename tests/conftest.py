@@ -14,3 +14,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory):
+    """The embedded digits, prepped once per session in pixel mode (1×16×16), 9 shards."""
+    from launch_helpers import run_module
+
+    out = tmp_path_factory.mktemp("digits")
+    run_module("dtr_scale.prep", ["--source", "digits", "--vae", "none", "--out", str(out),
+                                  "--shard-size", "200", "--no-progress"])
+    return str(out)

@@ -2,7 +2,7 @@
 from .attention import ATTENTION_BACKENDS, HAS_XFORMERS
 from .dit import DIT_MODELS, DiT, DiTBlock, create_model, parse_model_name
 from .flops import dit_forward_flops, dit_train_flops
-from .pretrained import load_pretrained, official_state_dict, read_weights_file
+from .pretrained import load_pretrained, load_weights, official_state_dict, read_weights_file
 from .routing import RoutingConfig, TaskRouter, dtr_mask_table, random_mask_tables, window_starts
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "dit_train_flops",
     "dtr_mask_table",
     "load_pretrained",
+    "load_weights",
     "official_state_dict",
     "parse_model_name",
     "random_mask_tables",

@@ -41,11 +41,12 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
             meta = dict(f.metadata() or {})
             sd = {k: f.get_tensor(k) for k in f.keys()}
         return sd, {k: _maybe_json(v) for k, v in meta.items()}
+    # weights_only: a weights file must never be able to run code on load.
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
         return dict(obj["state_dict"]), dict(obj.get("meta", {}))
     if isinstance(obj, Mapping) and "ema" in obj and isinstance(obj["ema"], Mapping):
-        return dict(obj["ema"]), {}
+        return dict(obj["ema"]), dict(obj.get("dtr_scale", {}))  # ours carry metadata beside "ema"
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         return dict(obj["model"]), {}
     if isinstance(obj, Mapping):
@@ -81,8 +82,9 @@ def load_pretrained(model: DiT, state_dict_or_path: Mapping[str, torch.Tensor] |
 
     Raises ValueError naming missing, unexpected and wrongly shaped keys.
     """
+    meta: dict = {}
     if isinstance(state_dict_or_path, (str, os.PathLike)):
-        sd, _ = read_weights_file(state_dict_or_path)
+        sd, meta = read_weights_file(state_dict_or_path)
         source = os.fspath(state_dict_or_path)
     else:
         sd, source = dict(state_dict_or_path), "state dict"
@@ -91,6 +93,8 @@ def load_pretrained(model: DiT, state_dict_or_path: Mapping[str, torch.Tensor] |
     dtr_tables = {int(m.group(1)): sd.pop(k) for k in list(sd) if (m := _DTR_KEY.match(k))}
     if dtr_tables:
         _apply_dtr_tables(model, dtr_tables, source)
+    if meta.get("router_masks") is not None and "router.masks" not in sd:
+        sd["router.masks"] = meta["router_masks"]  # masks adopted during training, kept by export
 
     masks = sd.pop("router.masks", None)  # our own checkpoints and exports
     if masks is not None:
@@ -163,3 +167,24 @@ def _apply_dtr_tables(model: DiT, tables: dict[int, torch.Tensor], source: str) 
 def _short(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_weights(path: str | os.PathLike, **overrides: Any) -> tuple[DiT, dict[str, Any]]:
+    """Rebuild a model from one of our exports (its metadata names the architecture and the
+    routing) and load the weights. Returns (model in eval mode, metadata)."""
+    from .dit import create_model
+    from .routing import RoutingConfig
+
+    sd, meta = read_weights_file(path)
+    if "model" not in meta:
+        raise ValueError(
+            f"{path}: no dtr-scale metadata (an official DiT/DTR checkpoint?); build the model with "
+            "create_model(...) and call load_pretrained(model, path) instead"
+        )
+    kwargs = dict(meta["model"])
+    name = kwargs.pop("name")
+    routing = RoutingConfig(**meta["routing"]) if meta.get("routing") else None
+    kwargs.update(overrides)
+    model = create_model(name, routing=routing, **kwargs)
+    load_pretrained(model, path)
+    return model.eval(), meta

@@ -1,0 +1,156 @@
+"""Export: `python -m dtr_scale.export --checkpoint DIR --out FILE.pt`.
+
+Consolidates the EMA weights of a training checkpoint (any engine: torch.save, DCP shards,
+DeepSpeed ZeRO-1/2/3 files) into one file in the official DiT layout, offline, in one process.
+Writes FILE.pt as {"ema": state_dict, "dtr_scale": metadata}, which the official DiT sampling
+script loads (it takes "ema"), and FILE.safetensors with the same tensors and metadata. The
+metadata carries the model and routing config and the data's latent scale, so `load_weights`
+and the sampler can rebuild the model without the training config.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import torch
+
+from .checkpoint import CheckpointManager
+from .config import load_config
+from .models import DiT, RoutingConfig, create_model, load_pretrained, official_state_dict
+from .models.pretrained import EXPORT_FORMAT
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run directory (uses its `latest`) or one step directory."""
+    if os.path.isdir(os.path.join(path, "engine")):
+        return path
+    latest = CheckpointManager.__new__(CheckpointManager)
+    latest.root = path
+    found = latest.latest() if os.path.isdir(path) else None
+    if not found:
+        raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (no engine/) nor a run directory with a 'latest' pointer")
+    return found
+
+
+def model_from_config(cfg) -> DiT:
+    m, r = cfg.model, cfg.model.routing
+    return create_model(m.name, input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
+                        learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob,
+                        routing=RoutingConfig(r.sharing_ratio, r.init, r.alpha, r.num_tasks, r.seed))
+
+
+def read_ema(ckpt: str, model: DiT) -> dict[str, torch.Tensor]:
+    """EMA weights (official names, fp32) from the engine-native files of `ckpt`."""
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        meta = json.load(f)
+    engine_dir = os.path.join(ckpt, "engine")
+    params = dict(model.named_parameters())
+    names = list(params)
+    if meta["engine"] in ("single", "ddp"):
+        state = torch.load(os.path.join(engine_dir, "state.pt"), map_location="cpu", weights_only=True)
+        out = dict(zip(names, state["ema"]["shadow"]))
+        masks = state["objective"].get("dit.router.masks")
+    elif meta["engine"] == "fsdp":
+        import torch.distributed.checkpoint as dcp
+
+        want = {"ema": {n: torch.empty(p.shape, dtype=torch.float32) for n, p in params.items()}}
+        if model.router is not None:
+            want["model"] = {"dit.router.masks": torch.empty_like(model.router.masks)}
+        dcp.load(want, checkpoint_id=engine_dir, no_dist=True)
+        out, masks = want["ema"], want.get("model", {}).get("dit.router.masks")
+    elif meta["engine"] == "deepspeed":
+        single = os.path.join(engine_dir, "ema.pt")
+        if os.path.isfile(single):  # ZeRO-1/2: replicated parameters, rank 0 wrote the EMA
+            out = dict(zip(names, torch.load(single, map_location="cpu", weights_only=True)["shadow"]))
+        else:  # ZeRO-3: each rank holds a padded flat partition of every parameter
+            files = sorted(glob.glob(os.path.join(engine_dir, "ema_rank*.pt")))
+            if len(files) != meta["world_size"]:
+                raise FileNotFoundError(f"{engine_dir}: expected {meta['world_size']} ema_rank*.pt files, found {len(files)}")
+            parts = [torch.load(f, map_location="cpu", weights_only=True)["shadow"] for f in files]
+            out = {n: torch.cat([r[i] for r in parts])[: p.numel()].view(p.shape) for i, (n, p) in enumerate(params.items())}
+        model_states = glob.glob(os.path.join(engine_dir, "engine", "*model_states.pt"))
+        masks = None
+        if model_states and model.router is not None:
+            module = torch.load(model_states[0], map_location="cpu", weights_only=False)["module"]
+            masks = module.get("dit.router.masks")
+    else:
+        raise ValueError(f"{ckpt}: unknown engine {meta['engine']!r} in meta.json")
+    if model.router is not None and masks is not None:
+        out["router.masks"] = masks
+    return out
+
+
+def export(checkpoint: str, out: str) -> tuple[str, str]:
+    ckpt = resolve_checkpoint(checkpoint)
+    cfg = load_config(os.path.join(ckpt, "config.yaml"))
+    model = model_from_config(cfg)
+    load_pretrained(model, read_ema(ckpt, model))
+    with open(os.path.join(ckpt, "meta.json")) as f:
+        step = json.load(f)["step"]
+    meta = {
+        "format": EXPORT_FORMAT,
+        "model": {k: getattr(cfg.model, k) for k in ("name", "input_size", "in_channels", "num_classes",
+                                                      "learn_sigma", "class_dropout_prob")},
+        "routing": model.routing.to_dict() if model.routing else None,
+        "step": step,
+        "checkpoint": os.path.abspath(ckpt),
+        "diffusion": {"schedule": cfg.diffusion.schedule, "steps": cfg.diffusion.steps},
+        "data": _data_identity(cfg.data.path),
+    }
+    return write_weights(model, meta, out)
+
+
+def _data_identity(path: str) -> dict:
+    manifest = os.path.join(path, "dataset.json")
+    if not os.path.isfile(manifest):
+        return {"path": path}
+    with open(manifest) as f:
+        m = json.load(f)
+    keys = ("latent_shape", "scale_factor", "shift_factor", "vae", "num_classes", "source", "resolution")
+    return {"path": os.path.abspath(path), **{k: m[k] for k in keys if k in m}}
+
+
+def write_weights(model: DiT, meta: dict, out: str) -> tuple[str, str]:
+    """Write `stem.pt` and `stem.safetensors` atomically; returns both paths."""
+    from safetensors.torch import save_file
+
+    stem = out[: -len(".safetensors")] if out.endswith(".safetensors") else os.path.splitext(out)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in official_state_dict(model).items()}
+    payload_meta = dict(meta)
+    if model.router is not None and not _masks_match_config(model):
+        payload_meta["router_masks"] = model.router.masks.cpu()  # adopted masks: not derivable
+    pt, st = stem + ".pt", stem + ".safetensors"
+    torch.save({"ema": sd, "dtr_scale": payload_meta}, pt + ".tmp")
+    os.replace(pt + ".tmp", pt)
+    save_file(sd, st + ".tmp", metadata={k: json.dumps(v) for k, v in meta.items()})
+    os.replace(st + ".tmp", st)
+    return pt, st
+
+
+def _masks_match_config(model: DiT) -> bool:
+    from .models.routing import TaskRouter
+
+    rebuilt = TaskRouter(model.routing, model.hidden_size, model.depth).masks
+    return torch.equal(rebuilt, model.router.masks.cpu())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Export consolidated EMA weights (official DiT layout) from a checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="run directory (uses 'latest') or a step_* directory")
+    p.add_argument("--out", required=True, help="output path; writes STEM.pt and STEM.safetensors")
+    args = p.parse_args(argv)
+    try:
+        pt, st = export(args.checkpoint, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported EMA weights: {pt} and {st}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

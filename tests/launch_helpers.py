@@ -1,0 +1,33 @@
+"""Run the real CLIs in subprocesses (torchrun for multi-process), with timeouts so that a hung
+process group can never hang the suite."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO, "configs", "digits-tiny.yaml")
+
+
+def run_module(module, args, nproc=1, env=None, timeout=300, check=True):
+    base = [sys.executable, "-m"]
+    if nproc > 1:
+        base += ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    proc = subprocess.run(base + [module] + list(args), capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}\n"
+                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def train(data, run_dir, *overrides, nproc=2, env=None, check=True, timeout=300):
+    args = ["--config", TINY_CONFIG, f"data.path={data}", f"checkpoint.dir={run_dir}",
+            "train.global_batch_size=8", "train.log_every=1", "data.num_workers=0"] + list(overrides)
+    return run_module("dtr_scale.train", args, nproc=nproc, env=env, check=check, timeout=timeout)
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
