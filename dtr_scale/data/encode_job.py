@@ -1,0 +1,171 @@
+"""The distributed, resumable encoding job behind `python -m dtr_scale.prep`.
+
+Work split: shard i of the source's plan is encoded by rank i % world_size. Each rank skips
+shards that an earlier run finished (see shard_writer), so a rerun after a crash redoes only
+the unfinished shards, and its output is byte-identical to an uninterrupted run. Rank 0 writes
+`dataset.json` last, once every shard is finished, after a barrier.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..parallel.process_group import DistEnv, barrier, local_device
+from .encoders import PixelEncoder, VaeEncoder
+from .image_sources import ImageSource, ShardPlan, open_source
+from .image_transforms import center_crop_arr, to_unit_range
+from .manifest import FORMAT_NAME, FORMAT_VERSION, write_manifest
+from .shard_format import encode_sample, sample_key
+from .shard_writer import (PROGRESS_DIR, finished_shard, read_prep_identity, write_prep_identity,
+                           write_shard)
+
+DIGITS_RESOLUTION = 16   # the 8x8 digits, upsampled x2 (bicubic) so DiT-T/2 sees an 8x8 token grid
+IMAGE_RESOLUTION = 256
+
+
+@dataclass
+class PrepConfig:
+    source: str
+    vae: str
+    out: str
+    resolution: int | None = None
+    shard_size: int = 1000
+    batch_size: int = 32
+    vae_subfolder: str | None = None
+    allow_download: bool = False
+    num_classes: int | None = None
+    max_shards_this_run: int | None = None
+    progress: bool = True
+
+
+def _make_encoder(cfg: PrepConfig, source: ImageSource, env: DistEnv):
+    if cfg.vae == "none":
+        return PixelEncoder(channels=1 if source.native_mode == "L" else 3), source.native_mode
+    return VaeEncoder(cfg.vae, subfolder=cfg.vae_subfolder, allow_download=cfg.allow_download,
+                      device=local_device(env)), "RGB"
+
+
+def _encode_shard(plan: ShardPlan, encoder, mode: str, resolution: int, batch_size: int, bar):
+    """Yield the shard's samples in source order; batches never cross shard boundaries, so the
+    bytes of a shard do not depend on which run or rank wrote it."""
+    def flush(images, labels, start):
+        arrays = encoder.encode(np.stack(images))
+        for j, (arr, cls) in enumerate(zip(arrays, labels)):
+            yield encode_sample(sample_key(plan.index, start + j), encoder.field, arr, cls)
+        if bar is not None:
+            bar.update(len(images))
+
+    images, labels, start = [], [], 0
+    for image, cls in plan.read():
+        images.append(to_unit_range(center_crop_arr(image.convert(mode), resolution)))
+        labels.append(cls)
+        if len(images) == batch_size:
+            yield from flush(images, labels, start)
+            start += len(images)
+            images, labels = [], []
+    if images:
+        yield from flush(images, labels, start)
+
+
+def _check_identity(out: Path, identity: dict, env: DistEnv) -> None:
+    existing = read_prep_identity(out)
+    if existing is not None and existing != identity:
+        diff = {k: (existing.get(k), identity.get(k)) for k in set(existing) | set(identity)
+                if existing.get(k) != identity.get(k)}
+        raise ValueError(f"{out} holds shards from a different prep run (differs in {diff} as "
+                         "(existing, now)); use a new --out directory or the same arguments to resume")
+    if env.is_main and existing is None:
+        write_prep_identity(out, identity)
+
+
+def _sum_across_ranks(values: list[float], env: DistEnv) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=local_device(env))
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _manifest_doc(cfg, source, encoder, resolution, records) -> dict:
+    num_classes = source.num_classes or cfg.num_classes
+    max_class = max(r["max_class"] for r in records)
+    if num_classes is None:
+        num_classes = max_class + 1
+    if max_class >= num_classes:
+        raise ValueError(f"the data has class {max_class} but num_classes is {num_classes}; "
+                         "pass --num-classes large enough")
+    return {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION,
+        "field": encoder.field,
+        "latent_shape": list(encoder.latent_shape(resolution)), "latent_dtype": "float16",
+        "scale_factor": encoder.scale_factor, "shift_factor": encoder.shift_factor,
+        "num_classes": int(num_classes), "num_samples": sum(r["count"] for r in records),
+        "resolution": resolution, "source": source.description, "vae": encoder.identity,
+        "shards": [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records],
+    }
+
+
+def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
+    """Encode this rank's shards; rank 0 then writes the manifest. Returns a process exit code."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = open_source(cfg.source, cfg.shard_size)
+    resolution = cfg.resolution or (DIGITS_RESOLUTION if cfg.source == "digits" else IMAGE_RESOLUTION)
+    encoder, mode = _make_encoder(cfg, source, env)
+    identity = {"source": source.description, "vae": encoder.identity, "resolution": resolution,
+                "shard_size": cfg.shard_size, "mode": mode, "num_shards": len(source.shards)}
+    _check_identity(out, identity, env)
+    barrier()
+
+    mine = [p for p in source.shards if p.index % env.world_size == env.rank]
+    todo = [p for p in mine if finished_shard(out, p.index) is None]
+    bar = None
+    if env.is_main and cfg.progress:
+        from tqdm import tqdm
+        sizes = [p.size for p in todo]
+        bar = tqdm(total=sum(sizes) if None not in sizes else None, unit="img", dynamic_ncols=True,
+                   desc=f"rank 0/{env.world_size} encoding {len(todo)} of {len(mine)} shards")
+    t0 = time.perf_counter()
+    written = samples = 0
+    stopped_early = False
+    for plan in todo:
+        if cfg.max_shards_this_run is not None and written >= cfg.max_shards_this_run:
+            stopped_early = True
+            break
+        record = write_shard(out, plan.index,
+                             _encode_shard(plan, encoder, mode, resolution, cfg.batch_size, bar))
+        written += 1
+        samples += record["count"]
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    tot_samples, tot_shards, stopped = _sum_across_ranks([samples, written, float(stopped_early)], env)
+    barrier()
+
+    if not env.is_main:
+        return 0
+    records = [finished_shard(out, p.index) for p in source.shards]
+    missing = [p.index for p, r in zip(source.shards, records) if r is None]
+    summary = {"samples_encoded": int(tot_samples), "shards_written": int(tot_shards),
+               "shards_total": len(source.shards), "seconds": round(seconds, 2),
+               "img_per_s": round(tot_samples / seconds, 1) if seconds > 0 else 0.0,
+               "world_size": env.world_size}
+    if missing:
+        print(f"prep: {len(missing)} of {len(source.shards)} shards not finished yet "
+              f"(stopped by --max-shards-this-run); rerun the same command to resume. "
+              f"{json.dumps(summary)}", file=sys.stderr)
+        return 0 if stopped else 1
+    doc = _manifest_doc(cfg, source, encoder, resolution, records)
+    path = write_manifest(out, doc)
+    summary["num_samples"] = doc["num_samples"]
+    print(f"prep: wrote {path} ({doc['num_samples']} samples in {len(records)} shards, "
+          f"latent {doc['latent_shape']}, {doc['num_classes']} classes; progress records in "
+          f"{out / PROGRESS_DIR}). This run: {json.dumps(summary)}")
+    return 0

@@ -1,0 +1,124 @@
+"""The on-disk sample format of latent shards, and its cheap validation and decoding.
+
+A shard is a plain (uncompressed) WebDataset tar. Each sample has three members:
+
+``<key>.cls``
+    The class index as ASCII decimal (``b"3"``).
+
+``<key>.moments.npy`` (VAE mode)
+    A float16 array of shape ``(2, 2, C, H, W)``:
+    axis 0 is the flip (0 = the image as cropped, 1 = its horizontal mirror, each encoded
+    separately by the VAE, because the latent of a mirrored image is not the mirror of the
+    latent); axis 1 is the posterior statistic (0 = mean, 1 = std). ``std = exp(0.5*logvar)``
+    of the diagonal Gaussian the VAE encoder returns, *before* the latent scale factor.
+
+``<key>.latent.npy`` (pixel mode, ``--vae none``)
+    A float16 array of shape ``(2, C, H, W)``: the image and its mirror scaled to [-1, 1].
+    This is the ``std = 0`` case of the above, stored without the zeros.
+
+Keys are ``<shard index:06d>_<index in shard:06d>``: unique, ordered, and free of dots (WebDataset
+splits a member name into key and field at the first dot of its base name).
+
+A training sample is drawn as ``(mean[f] + std[f] * eps - shift) * scale`` with ``f`` a random
+flip and ``eps ~ N(0, 1)``; ``scale`` and ``shift`` come from the manifest.
+"""
+from __future__ import annotations
+
+import io
+from typing import Mapping
+
+import numpy as np
+
+MOMENTS_FIELD = "moments.npy"
+LATENT_FIELD = "latent.npy"
+CLASS_FIELD = "cls"
+STORED_DTYPE = np.dtype("<f2")
+
+
+class DataError(ValueError):
+    """A bad shard or sample; the message names the shard and the key."""
+
+
+def sample_key(shard_index: int, index_in_shard: int) -> str:
+    return f"{shard_index:06d}_{index_in_shard:06d}"
+
+
+def stored_shape(field: str, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Array shape stored under `field` for latents of shape (C, H, W)."""
+    if field == MOMENTS_FIELD:
+        return (2, 2, *latent_shape)
+    if field == LATENT_FIELD:
+        return (2, *latent_shape)
+    raise ValueError(f"unknown sample field {field!r}; expected {MOMENTS_FIELD!r} or {LATENT_FIELD!r}")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Serialise with the plain .npy format (version 1.0 header): byte-identical for equal arrays."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_sample(key: str, field: str, array: np.ndarray, cls: int) -> dict:
+    """A sample dict of raw bytes ready for `webdataset.TarWriter(encoder=False)`."""
+    if array.dtype != STORED_DTYPE:
+        array = array.astype(STORED_DTYPE)
+    return {"__key__": key, field: npy_bytes(array), CLASS_FIELD: str(int(cls)).encode("ascii")}
+
+
+def npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Parse only the .npy header: (shape, dtype, byte offset of the payload). No data is copied."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    if fortran:
+        raise ValueError("Fortran-ordered arrays are not written by prep")
+    return tuple(shape), dtype, stream.tell()
+
+
+def check_sample(sample: Mapping, field: str, expected_shape: tuple[int, ...], num_classes: int) -> None:
+    """Validate a raw sample without decoding its array: keys, npy header, byte length, class.
+
+    Raises DataError naming the shard and key. Cheap enough to run on every sample, which is what
+    lets the loader skip already-consumed samples on resume without decoding them.
+    """
+    where = f"sample {sample.get('__key__')!r} in shard {sample.get('__url__')}"
+    if field not in sample:
+        present = sorted(k for k in sample if not k.startswith("__"))
+        raise DataError(f"{where} has no {field!r} (fields present: {present})")
+    if CLASS_FIELD not in sample:
+        raise DataError(f"{where} has no {CLASS_FIELD!r} field")
+    data = sample[field]
+    try:
+        shape, dtype, offset = npy_header(data)
+    except Exception as exc:  # numpy raises several types for a mangled header
+        raise DataError(f"{where}: {field} is not a valid .npy array ({exc})") from None
+    if shape != tuple(expected_shape) or dtype != STORED_DTYPE:
+        raise DataError(
+            f"{where}: {field} has shape {shape} dtype {dtype}, the manifest says "
+            f"{tuple(expected_shape)} float16"
+        )
+    if len(data) - offset != int(np.prod(shape)) * dtype.itemsize:
+        raise DataError(f"{where}: {field} payload is {len(data) - offset} bytes, expected "
+                        f"{int(np.prod(shape)) * dtype.itemsize}")
+    try:
+        cls = int(bytes(sample[CLASS_FIELD]).decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"{where}: cls {sample[CLASS_FIELD][:20]!r} is not an integer") from None
+    if not 0 <= cls < num_classes:
+        raise DataError(f"{where}: class {cls} is outside [0, {num_classes})")
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    """Decode a validated .npy payload (a view of the bytes, no copy)."""
+    shape, dtype, offset = npy_header(data)
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+def decode_class(data: bytes) -> int:
+    return int(bytes(data).decode("ascii").strip())

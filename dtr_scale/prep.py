@@ -1,0 +1,70 @@
+"""`python -m dtr_scale.prep`: encode images into latent WebDataset shards (once, distributed).
+
+Examples:
+  python -m dtr_scale.prep --source digits --vae none --out data/digits16
+  torchrun --nproc_per_node=8 -m dtr_scale.prep --source imagefolder:/data/imagenet/train \\
+      --vae /models/sd-vae-ft-ema --resolution 256 --out /data/in256-sdvae
+  srun -n 32 python -m dtr_scale.prep --source 'tar:/data/in1k-wds/train-*.tar' --vae DIR --out OUT
+
+Interrupted? Rerun the same command: finished shards are kept, the rest are redone, and the
+result is byte-identical to an uninterrupted run. The shard layout is in data_prep/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, PrepConfig, run_prep
+from .parallel.process_group import init_distributed, shutdown
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dtr_scale.prep",
+        description=__doc__.split("\n\n", 1)[0] + " Runs under torchrun/srun/deepspeed: "
+        "shard i goes to rank i % world_size.",
+        epilog="Output: OUT/shard-NNNNNN.tar (WebDataset), OUT/dataset.json (written last), "
+        "OUT/_progress/ (resume records). See data_prep/README.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", required=True,
+                   help="digits (scikit-learn's bundled 8x8 digits), imagefolder:DIR "
+                        "(DIR/<class>/<images>, classes = sorted folder names) or tar:GLOB "
+                        "(image tars with a cls member per sample; one output shard per tar)")
+    p.add_argument("--vae", required=True,
+                   help="none (pixel mode: [-1,1] images are the latents) or a diffusers "
+                        "AutoencoderKL directory / hub id (e.g. stabilityai/sd-vae-ft-ema)")
+    p.add_argument("--out", required=True, help="output directory for shards and dataset.json")
+    p.add_argument("--resolution", type=int, default=None,
+                   help=f"ADM centre-crop size (default {DIGITS_RESOLUTION} for digits, "
+                        f"{IMAGE_RESOLUTION} otherwise; 256/512 for SD-VAE)")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="images per output shard for digits/imagefolder (default 1000)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per encoder call (default 32)")
+    p.add_argument("--vae-subfolder", default=None, help="subfolder of the VAE repo (e.g. vae)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let a hub id be downloaded; off by default so offline nodes fail fast")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="number of classes for tar sources (default: largest label + 1)")
+    p.add_argument("--max-shards-this-run", type=int, default=None, metavar="K",
+                   help="stop each rank after writing K new shards (to split a long job, or to "
+                        "test resume); rerun to continue")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = PrepConfig(source=args.source, vae=args.vae, out=args.out, resolution=args.resolution,
+                     shard_size=args.shard_size, batch_size=args.batch_size,
+                     vae_subfolder=args.vae_subfolder, allow_download=args.allow_download,
+                     num_classes=args.num_classes, max_shards_this_run=args.max_shards_this_run,
+                     progress=not args.no_progress)
+    env = init_distributed()
+    try:
+        return run_prep(cfg, env)
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
