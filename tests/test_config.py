@@ -26,6 +26,10 @@ def test_int_accepted_for_float():
     assert load_config(None, ["model.routing.sharing_ratio=1"]).model.routing.sharing_ratio == 1.0
 
 
+def test_exponent_without_dot_is_a_float():
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
+
+
 @pytest.mark.parametrize(
     "override,match",
     [
