@@ -73,12 +73,14 @@ def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
             master_port=int(env.get("MASTER_PORT", 29500)),
             launcher=launcher,
         )
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # SLURM_STEP_NUM_TASKS (set by srun for its step), not SLURM_NTASKS: the batch shell of a
+    # 2-task job also has SLURM_NTASKS=2, and a CLI run there directly must not wait for a peer.
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         job_id = int(env.get("SLURM_JOB_ID", "0"))
         tasks_per_node = env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0]
         return DistEnv(
             rank=int(env["SLURM_PROCID"]),
-            world_size=int(env["SLURM_NTASKS"]),
+            world_size=int(env["SLURM_STEP_NUM_TASKS"]),
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             local_world_size=int(tasks_per_node) if tasks_per_node.isdigit() else 1,
             master_addr=env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "")),
