@@ -98,12 +98,12 @@ def export(checkpoint: str, out: str) -> tuple[str, str]:
         "step": step,
         "checkpoint": os.path.abspath(ckpt),
         "diffusion": {"schedule": cfg.diffusion.schedule, "steps": cfg.diffusion.steps},
-        "data": _data_identity(cfg.data.path),
+        "data": data_identity(cfg.data.path),
     }
     return write_weights(model, meta, out)
 
 
-def _data_identity(path: str) -> dict:
+def data_identity(path: str) -> dict:
     manifest = os.path.join(path, "dataset.json")
     if not os.path.isfile(manifest):
         return {"path": path}

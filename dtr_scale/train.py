@@ -22,6 +22,8 @@ from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import LatentLoader, check_data_path
 from .diffusion import timestep_cluster
+from .export import data_identity
+from .in_loop import InLoopMonitor
 from .metrics import MetricsLogger
 from .models import RoutingConfig, create_model, dit_train_flops
 from .objective import build_objective
@@ -126,6 +128,7 @@ def run(cfg: Config, env: DistEnv) -> int:
                 "gen_noise": gen_noise.get_state(), "loader": loader.state_dict()}
 
     logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, step)
+    monitor = InLoopMonitor(cfg, env, device, dit, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
     flops_per_step = dit_train_flops(dit, local_batch * t.grad_accum)
     batches = infinite(loader)
@@ -201,6 +204,10 @@ def run(cfg: Config, env: DistEnv) -> int:
             logger.log(step, metrics)
             window = {"loss": 0.0, "n": 0, "clusters": torch.zeros_like(window["clusters"]),
                       "time": 0.0, "steps": 0, "grad_norm": 0.0, "ema_time": 0.0}
+
+        in_loop = monitor.maybe_run(step, engine)  # sample grids / FID of the EMA, when due
+        if in_loop:
+            logger.log(step, in_loop)
 
         preempted = preempt.any_rank(device)
         if step % cfg.checkpoint.every == 0 or step == t.max_steps or preempted:

@@ -1,0 +1,102 @@
+"""In-loop sample grids and evaluation during training.
+
+Every `train.sample_every` steps rank 0 writes a class-balanced sample grid of the EMA model
+(`checkpoint.dir/samples/step_XXXXXXXXX.png`, one row per class). Every `eval.every` steps all
+ranks sample `eval.num_samples` images together (each its contiguous block of indices; sample i
+depends only on (seed, i)), extract features, all-reduce the statistics and log the Fréchet
+distance to the reference (`eval.ref`, default: the training shards in pixel mode) as `eval_fd`
+(FID with the inception extractor).
+
+The consolidated EMA comes from `engine.export_ema()` (collective; rank 0 gets it) and is
+broadcast into an eval copy of the DiT on every rank, so this works under every engine.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .diffusion import create_diffusion
+from .evaluation.collectives import rank_slice
+from .evaluation.extractors import build_extractor
+from .evaluation.pipeline import compute_metrics, extract, prepare_reference
+from .models import DiT, create_model, load_pretrained
+from .sampling import generate, make_decoder, save_grid
+
+
+class _RankBlock:
+    """The `images` interface of evaluation.extract over this rank's generated block."""
+
+    def __init__(self, images: np.ndarray, start: int, total: int):
+        self.images, self.start, self.total = images, start, total
+        self.shape = (total, *images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.total
+
+    def read(self, b0: int, b1: int) -> np.ndarray:
+        return self.images[b0 - self.start:b1 - self.start]
+
+
+class InLoopMonitor:
+    def __init__(self, cfg, env, device: torch.device, dit: DiT, data_identity: dict):
+        self.cfg, self.env, self.device = cfg, env, device
+        self.enabled = cfg.train.sample_every > 0 or cfg.eval.every > 0
+        if not self.enabled:
+            return
+        m = cfg.model
+        self.model = create_model(m.name, input_size=m.input_size, in_channels=m.in_channels,
+                                  num_classes=m.num_classes, learn_sigma=m.learn_sigma,
+                                  class_dropout_prob=m.class_dropout_prob, routing=dit.routing,
+                                  attention=m.attention).to(device).eval()
+        self.diffusion = create_diffusion(timestep_respacing=cfg.eval.sampling_steps, noise_schedule=cfg.diffusion.schedule,
+                                          learn_sigma=m.learn_sigma, diffusion_steps=cfg.diffusion.steps)
+        self.decoder = make_decoder(None, {"data": data_identity}, device=device)
+        self.reference = None
+        self.extractor = None
+
+    def _load_ema(self, engine) -> None:
+        sd = engine.export_ema()  # collective
+        if self.env.rank == 0:
+            load_pretrained(self.model, sd)
+        if dist.is_initialized():
+            for tensor in list(self.model.parameters()) + list(self.model.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+    def _sample(self, indices, labels):
+        return generate(self.model, self.diffusion, indices, seed=self.cfg.train.seed, labels=labels,
+                        cfg_scale=self.cfg.eval.cfg_scale, batch_size=64, decoder=self.decoder, device=self.device)
+
+    def maybe_run(self, step: int, engine) -> dict:
+        if not self.enabled:
+            return {}
+        grid_due = self.cfg.train.sample_every > 0 and step % self.cfg.train.sample_every == 0
+        eval_due = self.cfg.eval.every > 0 and step % self.cfg.eval.every == 0
+        if not (grid_due or eval_due):
+            return {}
+        self._load_ema(engine)
+        metrics = {}
+        if grid_due and self.env.rank == 0:
+            k = min(self.model.num_classes, 10)
+            images, labels = self._sample(range(8 * k), [i % k for i in range(8 * k)])
+            path = os.path.join(self.cfg.checkpoint.dir, "samples", f"step_{step:09d}.png")
+            save_grid(images, path, nrow=8, labels=labels, upscale=max(1, 64 // images.shape[1]))
+        if eval_due:
+            metrics.update(self._evaluate())
+        return metrics
+
+    def _evaluate(self) -> dict:
+        e = self.cfg.eval
+        if self.extractor is None:
+            self.extractor = build_extractor(e.extractor, self.device, e.inception_weights)
+            ref_path = e.ref or self.cfg.data.path
+            cache = os.path.join(self.cfg.checkpoint.dir, "eval_cache")
+            self.reference = prepare_reference(ref_path, self.extractor, cache_dir=cache, want_features=False)
+        n = e.num_samples
+        start, stop = rank_slice(n, self.env.rank, self.env.world_size)
+        images, _ = self._sample(range(start, stop), "uniform")
+        result = extract(_RankBlock(images, start, n), self.extractor, moments=True, features=False, desc="in-loop eval")
+        metrics = compute_metrics(result, self.reference)
+        return {"eval_fd": metrics["fid"]}

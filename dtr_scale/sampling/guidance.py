@@ -1,0 +1,60 @@
+"""The denoiser the samplers call: the DiT, optionally with classifier-free guidance and bf16.
+
+With guidance (cfg_scale != 1) DiT's reference script doubles the *sampler state* ([z; z] with
+labels [y; null]) and throws the second half away at the end; that half's trajectory is never
+read (forward_with_cfg only looks at the first half). Here the sampler state stays at B rows and
+only the model call is doubled, which gives the first half's result exactly and halves the
+sampler's arithmetic and random draws. The learned variance comes from the conditional half, as
+in DiT.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_context(precision: str, device: torch.device):
+    """bf16 autocast around the model only; the diffusion arithmetic stays fp32.
+
+    On CPU bf16 is allowed (torch's CPU autocast), but it is a numerics check, not a speed-up.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class GuidedDenoiser:
+    """Callable `(x, t, y) -> model output` for `p_sample_loop` / `ddim_sample_loop`."""
+
+    def __init__(self, model, *, cfg_scale: float = 1.0, cfg_channels: int | None = None,
+                 precision: str = "fp32", null_label: int | None = None):
+        if cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {cfg_scale}")
+        in_channels = getattr(model, "in_channels", None)
+        if cfg_channels is not None and in_channels is not None and not 1 <= cfg_channels <= in_channels:
+            raise ValueError(f"cfg_channels={cfg_channels}: expected 1..{in_channels} (the model's "
+                             "latent channels) or unset for all channels")
+        self.model, self.cfg_scale, self.cfg_channels = model, float(cfg_scale), cfg_channels
+        self.precision = precision
+        self.null_label = model.num_classes if null_label is None else null_label
+        self.device = next(model.parameters()).device
+        autocast_context(precision, self.device)  # validate now, not at the first step
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.precision, x.device):
+            if not self.guided:  # no doubled batch: guidance with scale 1 is the conditional output
+                return self.model(x, t, y).float()
+            null = torch.full_like(y, self.null_label)
+            out = self.model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]),
+                                              self.cfg_scale, self.cfg_channels)
+        return out[: x.shape[0]].float()

@@ -1,0 +1,140 @@
+"""The distributed sampling job behind `python -m dtr_scale.sample` (one process or many).
+
+Every rank loads the weights, makes its shards (j % world_size == rank) that are not on disk
+yet, and meets the others once (an all-reduce of counts, which is also the barrier). Then rank 0
+alone streams the shards into `samples.npz` while the other ranks exit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from dtr_scale.diffusion import create_diffusion
+from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
+
+from .assemble import assemble_samples
+from .decode import make_decoder
+from .generate import generate
+from .grid import save_pngs
+from .options import SampleOptions
+from .shards import ShardPlan, remove_stale_temp, shard_path, write_shard
+from .weights import load_sampling_model, weights_identity
+
+RUN_CONFIG = "sample_config.json"
+SAMPLES_NAME = "samples.npz"
+
+
+def check_run_config(out_dir: str, wanted: dict) -> bool:
+    """Refuse to mix shards of two different runs in one folder; True if the file must be written."""
+    path = os.path.join(out_dir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return True
+    with open(path) as f:
+        found = json.load(f)
+    diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+    if diff:
+        details = "; ".join(f"{k}: {found.get(k)!r} on disk, {wanted.get(k)!r} now" for k in diff)
+        raise ValueError(f"{out_dir} already holds samples of a different run ({details}). Use a new "
+                         f"--out directory, or repeat the original options to resume that run")
+    return False
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
+    """Run (or resume) a sampling job; returns a summary (rank 0's has `samples` once complete)."""
+    opts.validate()
+    env = init_distributed()
+    try:
+        device = torch.device(opts.device) if opts.device else local_device(env)
+        model, meta = load_sampling_model(weights)
+        model.to(device)
+        schedule = meta.get("diffusion") or {}
+        diffusion = create_diffusion(opts.resolved_steps(), noise_schedule=schedule.get("schedule", "linear"),
+                                     learn_sigma=model.learn_sigma,
+                                     diffusion_steps=int(schedule.get("steps", 1000)))
+        decoder = make_decoder(opts.vae, meta, device=device, precision=opts.precision)
+        plan = ShardPlan(opts.num_samples, opts.shard_size)
+        # The resolved VAE, so that vae=none and "from metadata" count as the same run.
+        wanted = {**opts.fingerprint(), "vae": decoder.name, "weights": weights_identity(meta)}
+        # Every rank checks (same file, same answer) so that a mismatch fails all ranks alike
+        # instead of leaving the others waiting in a collective.
+        must_write = check_run_config(out_dir, wanted)
+        os.makedirs(out_dir, exist_ok=True)
+        if env.is_main and must_write:
+            _write_json(os.path.join(out_dir, RUN_CONFIG), wanted)
+
+        todo = [j for j in plan.shards_of_rank(env.rank, env.world_size)
+                if not os.path.isfile(shard_path(out_dir, j))]
+        if opts.max_shards_this_run:
+            todo = todo[: opts.max_shards_this_run]
+        summary = _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, device)
+        new_images, seconds = _sum_over_ranks([summary["new_images"], summary["seconds"]], device)
+        summary.update(new_images_all_ranks=int(new_images), rank_seconds=seconds, world_size=env.world_size)
+        if not env.is_main:
+            return summary  # the others are done: rank 0 assembles alone
+        done = sum(os.path.isfile(shard_path(out_dir, j)) for j in range(plan.num_shards))
+        summary.update(shards_done=done, shards_total=plan.num_shards)
+        if done < plan.num_shards:
+            print(f"sample: {done}/{plan.num_shards} shards done in {out_dir} "
+                  f"({int(new_images)} new images this run); rerun the same command to finish", flush=True)
+            return summary
+        final = os.path.join(out_dir, SAMPLES_NAME)
+        if new_images or not os.path.isfile(final):
+            assemble_samples(out_dir, plan, SAMPLES_NAME)
+        summary["samples"] = final
+        rate = new_images / max(summary["seconds"], 1e-9)
+        print(f"sample: {plan.num_samples} images in {final} (arr_0 NHWC uint8, arr_1 labels); "
+              f"{int(new_images)} new this run on {env.world_size} rank(s) in {summary['seconds']:.1f} s "
+              f"({rate:.2f} images/s overall)", flush=True)
+        return summary
+    finally:
+        shutdown()
+
+
+def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, device) -> dict:
+    total = sum(len(plan.indices(j)) for j in todo)
+    bar = None
+    if env.is_main and opts.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="img", desc=f"sampling (rank 0 of {env.world_size})", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for j in todo:
+            remove_stale_temp(out_dir, j)
+            indices = plan.indices(j)
+            images, labels = generate(
+                model, diffusion, indices, seed=opts.seed, labels=opts.labels, cfg_scale=opts.cfg_scale,
+                cfg_channels=opts.cfg_channels, sampler=opts.sampler, eta=opts.eta, precision=opts.precision,
+                batch_size=opts.batch_size, decoder=decoder, device=device,
+                on_batch=bar.update if bar is not None else None)
+            if opts.png:  # before the shard: a finished shard implies its PNGs exist
+                save_pngs(images, indices, os.path.join(out_dir, "png"))
+            write_shard(shard_path(out_dir, j), images, labels, indices)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"rank": env.rank, "new_shards": len(todo), "new_images": total,
+            "seconds": time.perf_counter() - start}
