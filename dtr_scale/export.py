@@ -84,6 +84,11 @@ def read_ema(ckpt: str, model: DiT) -> dict[str, torch.Tensor]:
 
 
 def export(checkpoint: str, out: str) -> tuple[str, str]:
+    return write_weights(*checkpoint_ema(checkpoint), out)
+
+
+def checkpoint_ema(checkpoint: str) -> tuple[DiT, dict]:
+    """The EMA model of a training checkpoint (run dir or step dir) and its export metadata."""
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_config(os.path.join(ckpt, "config.yaml"))
     model = model_from_config(cfg)
@@ -100,7 +105,7 @@ def export(checkpoint: str, out: str) -> tuple[str, str]:
         "diffusion": {"schedule": cfg.diffusion.schedule, "steps": cfg.diffusion.steps},
         "data": data_identity(cfg.data.path),
     }
-    return write_weights(model, meta, out)
+    return model, meta
 
 
 def data_identity(path: str) -> dict:

@@ -131,21 +131,16 @@ class DeepSpeedEngine(Engine):
         self.ema.load_state_dict(torch.load(target, map_location=self.device, weights_only=True))
 
     def _gather(self, tensors) -> dict[str, torch.Tensor] | None:
-        out = {}
-        for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
-            if self.stage == 3:
+        def full_tensors():
+            for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
+                if self.stage != 3:
+                    yield name, local
+                    continue
                 parts = [torch.empty_like(local) for _ in range(self.env.world_size)]
                 dist.all_gather(parts, local.contiguous())
-                full = torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
-            else:
-                full = local
-            if self.env.rank == 0:
-                out[name] = full.detach().float().cpu().clone()
-        if self.env.rank != 0:
-            return None
-        for name, buf in self.objective.dit.named_buffers():
-            out[name] = buf.detach().cpu().clone()
-        return out
+                yield name, torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
+
+        return self._collect(full_tensors())
 
     def export_ema(self):
         return self._gather(self.ema.shadow)

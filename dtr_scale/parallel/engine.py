@@ -80,6 +80,21 @@ class Engine:
         """Collective: consolidated raw (non-EMA) weights, like `export_ema`."""
         raise NotImplementedError
 
+    def _collect(self, pairs) -> dict[str, torch.Tensor] | None:
+        """Rank 0 keeps (name, full tensor) pairs as fp32 CPU copies, plus the DiT's buffers.
+
+        `pairs` is consumed on every rank, since producing a full tensor may be a collective.
+        """
+        out = {}
+        for name, full in pairs:
+            if self.env.rank == 0:
+                out[name] = full.detach().float().cpu().clone()
+        if self.env.rank != 0:
+            return None
+        for name, buf in self.objective.dit.named_buffers():
+            out[name] = buf.detach().cpu().clone()
+        return out
+
     def memory_stats(self) -> dict[str, float]:
         if self.device.type == "cuda":
             return {"peak_mem_gb": torch.cuda.max_memory_allocated(self.device) / 2**30}

@@ -111,17 +111,12 @@ class FSDPEngine(Engine):
             shadow.copy_(loaded.to_local())
 
     def _gather(self, tensors) -> dict[str, torch.Tensor] | None:
-        out = {}
-        for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
-            full = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
-                                      shape=p.shape, stride=p.stride()).full_tensor()
-            if self.env.rank == 0:
-                out[name] = full.detach().float().cpu()
-        if self.env.rank != 0:
-            return None
-        for name, buf in self.objective.dit.named_buffers():
-            out[name] = buf.detach().cpu().clone()
-        return out
+        def full_tensors():
+            for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
+                yield name, DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
+                                               shape=p.shape, stride=p.stride()).full_tensor()
+
+        return self._collect(full_tensors())
 
     def export_ema(self):
         return self._gather(self.ema.shadow)

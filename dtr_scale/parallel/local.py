@@ -110,13 +110,7 @@ class SingleEngine(Engine):
             self.scaler.load_state_dict(state["scaler"])
 
     def _named(self, tensors) -> dict[str, torch.Tensor] | None:
-        if self.env.rank != 0:
-            return None
-        names = [n for n, _ in self.objective.dit.named_parameters()]
-        out = {n: t.detach().float().cpu().clone() for n, t in zip(names, tensors)}
-        for name, buf in self.objective.dit.named_buffers():
-            out[name] = buf.detach().cpu().clone()
-        return out
+        return self._collect(zip((n for n, _ in self.objective.dit.named_parameters()), tensors))
 
     def export_ema(self):
         return self._named(self.ema.shadow)

@@ -1,10 +1,9 @@
 """What `--weights` may name: an exported weights file or a training checkpoint directory."""
 from __future__ import annotations
 
-import json
 import os
 
-from dtr_scale.models import DiT, load_pretrained, load_weights
+from dtr_scale.models import DiT, load_weights
 
 
 def load_sampling_model(path: str) -> tuple[DiT, dict]:
@@ -25,26 +24,11 @@ def load_sampling_model(path: str) -> tuple[DiT, dict]:
 
 
 def _from_checkpoint(path: str) -> tuple[DiT, dict]:
-    from dtr_scale.config import load_config
-    # export's helpers are the one definition of how engine files hold the EMA and how the
-    # data's identity is recorded; reusing them keeps the two routes to the weights identical.
-    from dtr_scale.export import data_identity, model_from_config, read_ema, resolve_checkpoint
+    # export's reader is the one definition of how each engine's files hold the EMA and how the
+    # data's identity is recorded; reusing it keeps the two routes to the weights identical.
+    from dtr_scale.export import checkpoint_ema
 
-    ckpt = resolve_checkpoint(path)
-    cfg = load_config(os.path.join(ckpt, "config.yaml"))
-    model = model_from_config(cfg)
-    load_pretrained(model, read_ema(ckpt, model))
-    with open(os.path.join(ckpt, "meta.json")) as f:
-        step = json.load(f)["step"]
-    meta = {
-        "model": {k: getattr(cfg.model, k) for k in ("name", "input_size", "in_channels", "num_classes",
-                                                      "learn_sigma", "class_dropout_prob")},
-        "routing": model.routing.to_dict() if model.routing else None,
-        "step": step,
-        "checkpoint": os.path.abspath(ckpt),
-        "diffusion": {"schedule": cfg.diffusion.schedule, "steps": cfg.diffusion.steps},
-        "data": data_identity(cfg.data.path),
-    }
+    model, meta = checkpoint_ema(path)
     return model.eval(), meta
 
 
