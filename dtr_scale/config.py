@@ -68,6 +68,7 @@ class DataSection:
     mode: str = "resampled"  # epoch | resampled
     on_error: str = "skip"  # skip | raise
     verify_sha256: bool = False
+    random_flip: bool = True  # use the stored horizontal flip half the time (off for digits/text)
 
 
 @dataclass

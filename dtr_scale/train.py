@@ -95,7 +95,7 @@ def run(cfg: Config, env: DistEnv) -> int:
     loader = LatentLoader(cfg.data.path, local_batch, rank=env.rank, world_size=env.world_size,
                           num_workers=cfg.data.num_workers, seed=t.seed, mode=cfg.data.mode,
                           shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error,
-                          verify_sha256=cfg.data.verify_sha256)
+                          verify_sha256=cfg.data.verify_sha256, random_flip=cfg.data.random_flip)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     dit = build_model(cfg, loader)
     objective = build_objective(cfg, dit).to(device)

@@ -83,6 +83,10 @@ def test_moments_draw_and_flip(tmp_path):
     assert 10 < int(flips.sum()) < 54                          # both flips get drawn
     noise = x / 0.25 - torch.where(flips, -ids, ids).float()[:, None, None, None]
     assert abs(noise.std().item() - 0.5) < 0.03 and abs(noise.mean().item()) < 0.03
+    # random_flip=False (digits, text): always the stored image, same noise stream otherwise
+    (x0, _), = list(LatentLoader(out, 64, seed=0, shuffle_buffer=0, random_flip=False))
+    assert torch.allclose((x0.reshape(64, -1).mean(1) / 0.25), ids.float(), atol=0.25)
+    torch.testing.assert_close(x0 / 0.25 - ids.float()[:, None, None, None], noise)
 
 
 RESUME_SCRIPT = textwrap.dedent("""

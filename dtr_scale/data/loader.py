@@ -63,7 +63,8 @@ class LatentLoader:
     def __init__(self, path, batch_size: int, *, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, seed: int = 0, mode: str = "epoch",
                  shuffle_buffer: int = 1000, on_error: str = "skip", verify_sha256: bool = False,
-                 drop_last: bool = False, prefetch_factor: int = 2, pin_memory: bool = False):
+                 drop_last: bool = False, prefetch_factor: int = 2, pin_memory: bool = False,
+                 random_flip: bool = True):
         if mode not in ("epoch", "resampled"):
             raise ValueError(f"mode must be 'epoch' or 'resampled', got {mode!r}")
         if on_error not in ("skip", "raise"):
@@ -82,7 +83,7 @@ class LatentLoader:
             scale=m.scale_factor, shift=m.shift_factor, batch_size=batch_size, seed=seed, rank=rank,
             world_size=world_size, num_workers=max(1, num_workers), mode=mode,
             shuffle_buffer=shuffle_buffer, on_error=on_error, verify_sha256=verify_sha256,
-            drop_last=drop_last)
+            drop_last=drop_last, random_flip=random_flip)
         self._state = self._fresh_state(epoch=0)
 
     # -- facts about the data ------------------------------------------------------------

@@ -58,6 +58,7 @@ class StreamSpec:
     on_error: str             # "skip" | "raise"
     verify_sha256: bool
     drop_last: bool
+    random_flip: bool = True  # off for data whose mirror image is another thing (digits, text)
 
     @property
     def shards_per_round(self) -> int:
@@ -160,6 +161,8 @@ def _collate(spec: StreamSpec, samples: list[dict], noise_seed: int) -> tuple[to
     rng = np.random.default_rng(noise_seed)
     b = len(samples)
     flips = rng.integers(0, 2, size=b)
+    if not spec.random_flip:
+        flips = np.zeros_like(flips)  # drawn anyway, so the noise stream is the same either way
     arrays = np.stack([decode_array(s[spec.field])[f] for s, f in zip(samples, flips)]).astype(np.float32)
     if arrays.ndim == 5:  # moments: (B, 2 [mean, std], C, H, W)
         eps = rng.standard_normal(arrays[:, 0].shape, dtype=np.float32)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from .engine import Engine, StepResult
 from .ema import LocalEMA
-from .optim import param_groups, set_lr
+from .optim import build_optimizer, param_groups, set_lr
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -76,7 +76,7 @@ class DeepSpeedEngine(Engine):
 
             optimizer = FusedAdam(groups, lr=t.lr, betas=(t.beta1, t.beta2), adam_w_mode=True)
         else:
-            optimizer = torch.optim.AdamW(groups, betas=(t.beta1, t.beta2), eps=1e-8, foreach=True)
+            optimizer = build_optimizer(groups, (t.beta1, t.beta2), device)
         self.config = deepspeed_config(cfg, env.world_size, device.type == "cuda")
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=objective, optimizer=optimizer, config=self.config, dist_init_required=False
