@@ -18,7 +18,7 @@ test-fast: install
 	$(PYTHON) -m pytest -x -q -m "not slow and not distributed" $(PYTEST_ARGS)
 
 demo: install
-	$(PYTHON) -m dtr_scale.demo --out demo_out
+	$(PYTHON) -m dtr_scale.demo --out demo_out --fresh
 
 bench: install
 	$(PYTHON) benchmarks/step.py
