@@ -1,0 +1,131 @@
+"""Helpers shared by the benchmark scripts: machine description, medians, byte counting, JSON out.
+
+Benchmarks compare variants measured in ONE run on the same machine (see DESIGN.md), so these
+helpers are about making such comparisons fair: interleaved repetitions, medians (robust to the
+other users of a shared CPU), and counting memory as unique storages (views of one flat buffer,
+as ZeRO and FSDP make, must not be counted twice).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    """What a reader needs to judge the numbers: CPU, cores, load at start, library versions."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def command_line() -> str:
+    return " ".join([os.path.basename(sys.executable)] + sys.argv)
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set of this process (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    """(data_ptr, nbytes) of the storage under `t`; None for tensors without one (meta, empty)."""
+    try:
+        s = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    if s.nbytes() == 0:
+        return None
+    return s.data_ptr(), s.nbytes()
+
+
+def unique_storage_bytes(tensors: Iterable[torch.Tensor], exclude: set | None = None) -> int:
+    """Sum of the bytes of the distinct storages under `tensors` (each storage counted once),
+    skipping storages whose key is in `exclude`."""
+    seen: set = set()
+    for t in tensors:
+        key = storage_key(t)
+        if key is None or key in seen or (exclude and key in exclude):
+            continue
+        seen.add(key)
+    return sum(nbytes for _, nbytes in seen)
+
+
+def _system_busy_seconds() -> float | None:
+    """CPU seconds all processes spent busy since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class ContentionMeter:
+    """Share of the machine's cores that OTHER processes kept busy during a timed interval.
+
+    The machine is shared: a benchmark sample taken while someone else's tests run is slower for
+    reasons that have nothing to do with the code measured. Recording this per sample lets the
+    reader (and the report) see how much of the noise is contention. Resolution: one clock tick
+    (10 ms), so it is only meaningful for samples of a second or more.
+    """
+
+    def __enter__(self):
+        self.busy0, self.own0, self.wall0 = _system_busy_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy1 = _system_busy_seconds()
+        wall = time.perf_counter() - self.wall0
+        own = time.process_time() - self.own0
+        if self.busy0 is None or busy1 is None or wall <= 0:
+            self.others = None
+        else:
+            self.others = max(0.0, (busy1 - self.busy0 - own) / (wall * (os.cpu_count() or 1)))
+        return False
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Atomic write: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
