@@ -53,3 +53,27 @@ def test_shipped_configs_are_valid(path):
     r = cfg.model.routing
     RoutingConfig(r.sharing_ratio, r.init, r.alpha, r.num_tasks, r.seed)
     assert cfg.train.global_batch_size % 8 == 0 or "digits" in path  # splits over 8-GPU nodes
+
+
+def test_bf16_autocast_step_runs_on_cpu():
+    """The bf16 path (autocast for single/DDP) trains; the GPU default, slow but correct here."""
+    cfg = load_config(None, ["train.precision=bf16", "train.global_batch_size=4"])
+    torch.manual_seed(0)
+    dit = create_model("DiT-T/8", input_size=16, in_channels=4, num_classes=10, routing=RoutingConfig(0.8))
+    objective = build_objective(cfg, dit)
+    engine = build_engine(objective, cfg, DistEnv(), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 4, 16, 16, generator=gen), torch.arange(4)
+    for _ in range(2):
+        loss, per_sample = engine.module(x, objective.sample_timesteps(4, gen), y, torch.randn(x.shape, generator=gen))
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)  # the loss stays fp32
+        engine.backward(loss)
+        assert engine.step().applied
+    assert all(p.dtype == torch.float32 for p in dit.parameters())  # master weights stay fp32
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    cfg = load_config(None, ["train.precision=fp16"])
+    dit = create_model("DiT-T/8", input_size=16, in_channels=4, num_classes=10)
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        build_engine(build_objective(cfg, dit), cfg, DistEnv(), torch.device("cpu"))
