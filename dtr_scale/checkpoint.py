@@ -23,25 +23,15 @@ import os
 import random
 import re
 import shutil
-import tempfile
 
 import numpy as np
 import torch
 
 from . import faults
+from .atomic import atomic_write_text
 from .parallel.process_group import DistEnv, barrier
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

@@ -148,7 +148,8 @@ def main(argv=None) -> int:
         with open(fd_json) as f:
             report = json.load(f)
         rows = read_metrics(run_dir)
-        speeds = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]  # first window includes warm-up
+        speeds = [r["img_per_s"] for r in rows if "img_per_s" in r]
+        speeds = speeds[1:] or speeds  # the first window includes start-up
         results[name] = {
             "sharing_ratio": beta,
             "pixel_fd": report["metrics"]["fid"],
@@ -185,11 +186,14 @@ def write_markdown(s: dict, path: str) -> None:
         "| variant | β | steps | final loss | pixel FD | precision | recall | train img/s | train s | sample s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
     for name, v in s["variants"].items():
         lines.append(
-            f"| {name} | {v['sharing_ratio']} | {v['steps']} | {v['final_loss']:.4f} | {v['pixel_fd']:.2f} | "
-            f"{v['precision']:.3f} | {v['recall']:.3f} | {v['train_img_per_s']:.0f} | {v['train_seconds']:.0f} | "
-            f"{v['sample_seconds']:.0f} |"
+            f"| {name} | {v['sharing_ratio']} | {v['steps']} | {fmt(v['final_loss'], '.4f')} | "
+            f"{fmt(v['pixel_fd'], '.2f')} | {fmt(v['precision'], '.3f')} | {fmt(v['recall'], '.3f')} | "
+            f"{fmt(v['train_img_per_s'], '.0f')} | {v['train_seconds']:.0f} | {v['sample_seconds']:.0f} |"
         )
     lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s.", "",
               "![DTR samples, one row per class](samples_dtr.png)", "",

@@ -19,7 +19,7 @@ import sys
 import torch
 
 from dtr_scale.evaluation.extractors import build_extractor
-from dtr_scale.evaluation.files import atomic_write_json
+from dtr_scale.atomic import atomic_write_json
 from dtr_scale.evaluation.image_sources import open_images
 from dtr_scale.evaluation.inception_score import ADM_SPLIT_SIZE
 from dtr_scale.evaluation.pipeline import compute_metrics, extract, prepare_reference

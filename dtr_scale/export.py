@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from .atomic import atomic_write, atomic_write_bytes
 from .checkpoint import CheckpointManager
 from .config import load_config
 from .models import DiT, RoutingConfig, create_model, load_pretrained, official_state_dict
@@ -120,7 +121,7 @@ def data_identity(path: str) -> dict:
 
 def write_weights(model: DiT, meta: dict, out: str) -> tuple[str, str]:
     """Write `stem.pt` and `stem.safetensors` atomically; returns both paths."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     stem = out[: -len(".safetensors")] if out.endswith(".safetensors") else os.path.splitext(out)[0]
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
@@ -129,10 +130,8 @@ def write_weights(model: DiT, meta: dict, out: str) -> tuple[str, str]:
     if model.router is not None and not _masks_match_config(model):
         payload_meta["router_masks"] = model.router.masks.cpu()  # adopted masks: not derivable
     pt, st = stem + ".pt", stem + ".safetensors"
-    torch.save({"ema": sd, "dtr_scale": payload_meta}, pt + ".tmp")
-    os.replace(pt + ".tmp", pt)
-    save_file(sd, st + ".tmp", metadata={k: json.dumps(v) for k, v in meta.items()})
-    os.replace(st + ".tmp", st)
+    atomic_write(pt, lambda f: torch.save({"ema": sd, "dtr_scale": payload_meta}, f))
+    atomic_write_bytes(st, save(sd, metadata={k: json.dumps(v) for k, v in meta.items()}))
     return pt, st
 
 

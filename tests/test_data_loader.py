@@ -56,7 +56,6 @@ def test_ranks_partition_the_epoch(shards):
 
 
 def test_moments_draw_and_flip(tmp_path):
-    import io
     import webdataset as wds
     from dtr_scale.data.manifest import sha256_file
     from dtr_scale.data.shard_format import encode_sample

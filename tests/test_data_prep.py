@@ -5,7 +5,6 @@ Shards are read back here with the standard library's tarfile, independently of 
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,7 +19,8 @@ from typing import Iterable
 
 import webdataset as wds
 
-from .manifest import atomic_write_bytes, sha256_file
+from ..atomic import atomic_write_bytes
+from .manifest import sha256_file
 
 PROGRESS_DIR = "_progress"
 

@@ -8,12 +8,13 @@ The file is written under a temp name and renamed, so a reader never sees a part
 """
 from __future__ import annotations
 
-import glob
 import os
 import zipfile
 from typing import Sequence
 
 import numpy as np
+
+from dtr_scale.atomic import atomic_write, stale_temp_files
 
 from .shards import ShardPlan, check_shard, shard_path
 
@@ -36,20 +37,15 @@ def assemble_samples(out_dir: str, plan: ShardPlan, out_name: str = "samples.npz
         raise ValueError(f"sample shards in {out_dir} disagree on the image shape: {sorted(shapes)}")
     (image_shape,) = shapes
     final = os.path.join(out_dir, out_name)
-    for stale in glob.glob(os.path.join(out_dir, f".{out_name}.tmp-*")):
+    for stale in stale_temp_files(final):
         os.remove(stale)  # left by an assembly that was killed
-    tmp = os.path.join(out_dir, f".{out_name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as raw:
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                _stream_member(zf, "arr_0.npy", (plan.num_samples, *image_shape), np.uint8, paths, "images")
-                _stream_member(zf, "arr_1.npy", (plan.num_samples,), np.int64, paths, "labels")
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    def write(raw):
+        with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            _stream_member(zf, "arr_0.npy", (plan.num_samples, *image_shape), np.uint8, paths, "images")
+            _stream_member(zf, "arr_1.npy", (plan.num_samples,), np.int64, paths, "labels")
+
+    atomic_write(final, write)
     return final
 
 

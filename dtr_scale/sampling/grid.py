@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dtr_scale.atomic import atomic_write
+
 
 def _pil_image(array: np.ndarray):
     from PIL import Image
@@ -16,9 +18,7 @@ def _pil_image(array: np.ndarray):
 
 
 def _atomic_png(image, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def grid_array(images: np.ndarray, nrow: int = 8, labels: Sequence[int] | None = None,

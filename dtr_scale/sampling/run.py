@@ -13,6 +13,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from dtr_scale.atomic import atomic_write_json
 from dtr_scale.diffusion import create_diffusion
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
 
@@ -41,16 +42,6 @@ def check_run_config(out_dir: str, wanted: dict) -> bool:
         raise ValueError(f"{out_dir} already holds samples of a different run ({details}). Use a new "
                          f"--out directory, or repeat the original options to resume that run")
     return False
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -83,7 +74,7 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         must_write = check_run_config(out_dir, wanted)
         os.makedirs(out_dir, exist_ok=True)
         if env.is_main and must_write:
-            _write_json(os.path.join(out_dir, RUN_CONFIG), wanted)
+            atomic_write_json(os.path.join(out_dir, RUN_CONFIG), wanted)
 
         todo = [j for j in plan.shards_of_rank(env.rank, env.world_size)
                 if not os.path.isfile(shard_path(out_dir, j))]

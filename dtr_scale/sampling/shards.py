@@ -8,12 +8,13 @@ a temp file, which the rerun deletes and redoes.
 """
 from __future__ import annotations
 
-import glob
 import os
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+
+from dtr_scale.atomic import atomic_write, stale_temp_files
 
 SHARD_DIR = "shards"
 
@@ -47,9 +48,7 @@ def shard_path(out_dir: str, shard: int) -> str:
 
 def remove_stale_temp(out_dir: str, shard: int) -> None:
     """Temp files of `shard` left by a killed run (only this shard's owner calls this)."""
-    final = shard_path(out_dir, shard)
-    pattern = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-*")
-    for stale in glob.glob(pattern):
+    for stale in stale_temp_files(shard_path(out_dir, shard)):
         os.remove(stale)
 
 
@@ -57,13 +56,8 @@ def write_shard(path: str, images: np.ndarray, labels: np.ndarray, indices) -> N
     """Atomic: temp file beside `path`, fsync, rename."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"shard images must be uint8 (n, H, W, C), got {images.dtype} {images.shape}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, images=images, labels=np.asarray(labels, np.int64), indices=np.asarray(list(indices), np.int64))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    labels, indices = np.asarray(labels, np.int64), np.asarray(list(indices), np.int64)
+    atomic_write(path, lambda f: np.savez(f, images=images, labels=labels, indices=indices))
 
 
 def npy_member_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple, np.dtype]:
