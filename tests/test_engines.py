@@ -208,3 +208,14 @@ def test_engines_agree_with_accumulation_clipping_warmup_and_ant_uw(digits_shard
     model, _ = load_weights(_export(runs["zero3"], tmp_path / "ant.pt"))
     assert not any("log_vars" in k for k in model.state_dict())
     assert os.path.isdir(os.path.join(runs["ddp"], "tensorboard"))
+
+
+def test_deepspeed_cpu_offload_same_losses(full_runs, tmp_path):
+    """ZeRO-3 with optimizer and parameter offload to the CPU trains the same model."""
+    run_dir = str(tmp_path / "offload")
+    train(_data_path(full_runs["ddp"]), run_dir, *ENGINES["zero3"], "parallel.offload=true",
+          "train.max_steps=3", "checkpoint.every=100")
+    torch.testing.assert_close(torch.tensor(losses(run_dir, 3)), torch.tensor(losses(full_runs["ddp"], 3)),
+                               rtol=0, atol=1e-5)
+    model, _ = load_weights(_export(run_dir, tmp_path / "offload.pt"))
+    assert all(torch.isfinite(v.float()).all() for v in model.state_dict().values())

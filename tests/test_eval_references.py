@@ -170,12 +170,40 @@ def test_pixel_mode_shards_are_a_reference(digits_shards):
     assert ref.pool.count == manifest["num_samples"] and ref.features.shape == (manifest["num_samples"], c * h * w)
 
 
-def test_vae_shards_hit_the_decoding_hook(tmp_path):
-    doc = {"format": "dtr-scale-latents", "version": 1, "field": "moments.npy", "latent_shape": [4, 2, 2],
-           "latent_dtype": "float16", "scale_factor": 0.18215, "shift_factor": 0.0, "num_classes": 10,
-           "num_samples": 0, "resolution": 16, "source": "x", "vae": {"name": "some-vae"}, "shards": []}
-    (tmp_path / "dataset.json").write_text(json.dumps(doc))
-    with pytest.raises(NotImplementedError, match="VAE latents"):
-        decode_latent_shards_reference(str(tmp_path))
-    with pytest.raises(NotImplementedError):
-        prepare_reference(str(tmp_path), build_extractor("pixels"))
+def test_vae_shards_decoded_as_reference(tmp_path):
+    """VAE-mode prep output is decoded with the VAE its manifest names (posterior mean, flip 0)."""
+    import torch
+    from PIL import Image
+
+    from dtr_scale.data.manifest import read_manifest
+    from dtr_scale.prep import main as prep_main
+    from dtr_scale.sampling.decode import to_uint8
+    from test_data_prep import _tiny_vae, npy, read_all
+
+    vae = _tiny_vae(tmp_path / "vae")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for j in range(3):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img" / cls / f"{j}.png")
+    out = tmp_path / "latents"
+    assert prep_main(["--source", f"imagefolder:{tmp_path / 'img'}", "--vae", str(tmp_path / "vae"), "--out", str(out),
+                      "--resolution", "32", "--shard-size", "4", "--no-progress"]) == 0
+    reader = decode_latent_shards_reference(str(out))
+    assert reader.shape == (6, 32, 32, 3) and len(reader) == 6
+    _, rows = read_all(out)
+    means = torch.from_numpy(np.stack([npy(f["moments.npy"])[0, 0] for _, f in rows]).astype(np.float32))
+    with torch.no_grad():
+        expected = to_uint8(vae.decode(means).sample)
+    np.testing.assert_array_equal(reader.read(0, 6), expected)
+    np.testing.assert_array_equal(reader.read(3, 5), expected[3:5])  # across the shard boundary
+    ref = prepare_reference(str(out), build_extractor("pixels"), batch_size=4)
+    assert ref.pool.count == 6
+    # a reference whose VAE is gone is a clear error, not a download
+    doc = json.loads((out / "dataset.json").read_text())
+    doc["vae"]["name"] = str(tmp_path / "missing-vae")
+    (out / "dataset.json").write_text(json.dumps(doc))
+    assert read_manifest(out).vae["name"].endswith("missing-vae")
+    with pytest.raises(FileNotFoundError, match="missing-vae"):
+        decode_latent_shards_reference(str(out))
+

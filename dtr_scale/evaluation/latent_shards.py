@@ -5,8 +5,10 @@ Pixel mode (`--vae none`, e.g. the embedded digits) stores each image itself, sc
 uint8 is exact: float16 resolves steps of 1/127.5 in [-1, 1] with room to spare. So a prepared
 training set can serve as the reference of the pixel-space evaluation with no other file.
 
-VAE mode (`moments.npy`) needs the VAE to decode latents to images: that is the hook left in
-`decode_vae_shards` (not implemented).
+VAE mode (`moments.npy`, (2 flips, [mean, std], C, H, W), unscaled) is decoded with the VAE the
+manifest names (a local directory; nothing is downloaded): the posterior mean of the un-mirrored
+image, through the same uint8 conversion as the sampler, so the reference and the samples pass
+through the same decoder.
 """
 from __future__ import annotations
 
@@ -14,31 +16,27 @@ import io
 import tarfile
 
 import numpy as np
+import torch
 
 
-def decode_vae_shards(manifest, **vae_options):
-    """HOOK: decode VAE-mode shards to NHWC uint8 images (posterior means, flip 0).
+class _ShardImages:
+    """NHWC uint8 images behind the shards, in manifest shard order and tar order; reads go
+    shard by shard (one decoded shard is cached)."""
 
-    To plug in: load the VAE named in `manifest.vae`, decode mean[0] of each sample (without
-    the latent scale factor: it is applied only at training time), map [-1, 1] to uint8 and
-    return a reader with `shape`, `__len__`, `read(start, stop)` like PixelShardImages.
-    """
-    raise NotImplementedError(
-        f"{manifest.root} holds VAE latents (vae={manifest.vae.get('name')!r}); decoding them into a "
-        "reference is not implemented yet. Pass an ADM reference batch (.npz) or a folder of images "
-        "as --ref instead (pixel-mode shards, `prep --vae none`, are supported)."
-    )
-
-
-class PixelShardImages:
-    """The un-mirrored images of pixel-mode shards, in manifest shard order and tar order."""
+    suffix = ""
 
     def __init__(self, manifest):
-        c, h, w = manifest.latent_shape
+        c, h, w = self.image_chw(manifest)
         self.manifest = manifest
         self.shape = (manifest.num_samples, h, w, c)
         self.offsets = np.cumsum([0] + [s.count for s in manifest.shards])
-        self._cached = (None, None)  # (shard index, decoded images): reads go shard by shard
+        self._cached = (None, None)
+
+    def image_chw(self, manifest) -> tuple[int, int, int]:
+        return tuple(manifest.latent_shape)
+
+    def to_images(self, arrays: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -48,19 +46,17 @@ class PixelShardImages:
             return self._cached[1]
         shard = self.manifest.shards[i]
         path = self.manifest.shard_path(shard)
-        images = []
+        arrays = []
         with tarfile.open(path) as tar:
             for member in tar:
-                if member.isfile() and member.name.endswith(".latent.npy"):
-                    latent = np.load(io.BytesIO(tar.extractfile(member).read()))[0]  # flip 0
-                    pixels = np.clip(np.round((latent.astype(np.float32) + 1.0) * 127.5), 0, 255)
-                    images.append(pixels.astype(np.uint8).transpose(1, 2, 0))
-        if len(images) != shard.count:
+                if member.isfile() and member.name.endswith(self.suffix):
+                    arrays.append(np.load(io.BytesIO(tar.extractfile(member).read()))[0])  # flip 0
+        if len(arrays) != shard.count:
             raise ValueError(
-                f"{path} holds {len(images)} latent.npy samples but dataset.json lists {shard.count}; "
-                "the shard is damaged: rerun prep"
+                f"{path} holds {len(arrays)} {self.suffix.lstrip('.')} samples but dataset.json lists "
+                f"{shard.count}; the shard is damaged: rerun prep"
             )
-        self._cached = (i, np.stack(images))
+        self._cached = (i, self.to_images(np.stack(arrays)))
         return self._cached[1]
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -73,12 +69,46 @@ class PixelShardImages:
         return np.concatenate(out) if out else np.zeros((0, *self.shape[1:]), np.uint8)
 
 
-def open_latent_shards(path: str):
-    """A reader of the images behind a prep output folder (pixel mode), or the VAE hook."""
+class PixelShardImages(_ShardImages):
+    suffix = ".latent.npy"
+
+    def to_images(self, arrays: np.ndarray) -> np.ndarray:
+        pixels = np.clip(np.round((arrays.astype(np.float32) + 1.0) * 127.5), 0, 255)
+        return pixels.astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+class VaeShardImages(_ShardImages):
+    suffix = ".moments.npy"
+
+    def __init__(self, manifest, device: torch.device | str = "cpu", batch_size: int = 32):
+        from dtr_scale.data.encoders import load_vae
+
+        vae = manifest.vae
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.vae = load_vae(vae["name"], subfolder=vae.get("subfolder") or None).to(self.device).eval()
+        super().__init__(manifest)
+
+    def image_chw(self, manifest) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)  # the VAE's downsampling
+        c, h, w = manifest.latent_shape
+        return self.vae.config.out_channels, h * factor, w * factor
+
+    @torch.no_grad()
+    def to_images(self, arrays: np.ndarray) -> np.ndarray:
+        from dtr_scale.sampling.decode import to_uint8
+
+        means = torch.from_numpy(arrays[:, 0].astype(np.float32))  # posterior means, unscaled
+        out = [to_uint8(self.vae.decode(means[b:b + self.batch_size].to(self.device)).sample)
+               for b in range(0, len(means), self.batch_size)]
+        return np.concatenate(out)
+
+
+def open_latent_shards(path: str, device: torch.device | str = "cpu"):
+    """A reader of the images behind a prep output folder (pixel mode, or decoded VAE latents)."""
     # Imported here: the data package is only needed when a shard folder is evaluated.
     from dtr_scale.data.manifest import read_manifest
 
     manifest = read_manifest(path)
-    if manifest.field == "latent.npy" and manifest.vae.get("name", "none") == "none":
+    if manifest.field == "latent.npy":
         return PixelShardImages(manifest)
-    return decode_vae_shards(manifest)
+    return VaeShardImages(manifest, device)

@@ -70,7 +70,7 @@ def is_latent_shards(path: str) -> bool:
 
 def decode_latent_shards_reference(path: str):
     """Images behind a prep output folder: pixel-mode shards are read back exactly; VAE-mode
-    shards go to the decoding hook `latent_shards.decode_vae_shards` (NotImplementedError)."""
+    shards are decoded with the VAE their manifest names."""
     from .latent_shards import open_latent_shards
 
     return open_latent_shards(path)
