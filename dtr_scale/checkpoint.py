@@ -53,6 +53,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def latest_checkpoint(root: str) -> str | None:
+    """The checkpoint directory `root/latest` names, or None when there is no pointer yet."""
+    pointer = os.path.join(root, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    path = os.path.join(root, name)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{pointer} names {name!r}, which does not exist; fix or delete the pointer")
+    return path
+
+
 class CheckpointManager:
     def __init__(self, root: str, keep: int, env: DistEnv):
         self.root = root
@@ -63,23 +76,12 @@ class CheckpointManager:
         barrier()
 
     # -- discovery ----------------------------------------------------------------------------
-    def latest(self) -> str | None:
-        pointer = os.path.join(self.root, "latest")
-        if not os.path.isfile(pointer):
-            return None
-        with open(pointer) as f:
-            name = f.read().strip()
-        path = os.path.join(self.root, name)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{pointer} names {name!r}, which does not exist; fix or delete the pointer")
-        return path
-
     def resolve(self, resume: str) -> str | None:
         """`auto` -> latest (or None for a fresh run), `none` -> None, else a checkpoint dir."""
         if resume == "none":
             return None
         if resume == "auto":
-            return self.latest()
+            return latest_checkpoint(self.root)
         if not os.path.isdir(os.path.join(resume, "engine")):
             raise FileNotFoundError(f"checkpoint.resume: {resume} is not a checkpoint directory (no engine/ inside)")
         return resume

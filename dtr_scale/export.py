@@ -18,29 +18,21 @@ import sys
 import torch
 
 from .atomic import atomic_write, atomic_write_bytes
-from .checkpoint import CheckpointManager
+from .checkpoint import latest_checkpoint
 from .config import load_config
-from .models import DiT, RoutingConfig, create_model, load_pretrained, official_state_dict
+from .models import DiT, load_pretrained, official_state_dict
 from .models.pretrained import EXPORT_FORMAT
+from .objective import dit_from_config
 
 
 def resolve_checkpoint(path: str) -> str:
     """A run directory (uses its `latest`) or one step directory."""
     if os.path.isdir(os.path.join(path, "engine")):
         return path
-    latest = CheckpointManager.__new__(CheckpointManager)
-    latest.root = path
-    found = latest.latest() if os.path.isdir(path) else None
+    found = latest_checkpoint(path) if os.path.isdir(path) else None
     if not found:
         raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (no engine/) nor a run directory with a 'latest' pointer")
     return found
-
-
-def model_from_config(cfg) -> DiT:
-    m, r = cfg.model, cfg.model.routing
-    return create_model(m.name, input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
-                        learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob,
-                        routing=RoutingConfig(r.sharing_ratio, r.init, r.alpha, r.num_tasks, r.seed))
 
 
 def read_ema(ckpt: str, model: DiT) -> dict[str, torch.Tensor]:
@@ -92,7 +84,8 @@ def checkpoint_ema(checkpoint: str) -> tuple[DiT, dict]:
     """The EMA model of a training checkpoint (run dir or step dir) and its export metadata."""
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_config(os.path.join(ckpt, "config.yaml"))
-    model = model_from_config(cfg)
+    # Defaults for attention and checkpointing: the rebuilt model samples, it does not train.
+    model = dit_from_config(cfg, attention="auto", checkpointing=0.0)
     load_pretrained(model, read_ema(ckpt, model))
     with open(os.path.join(ckpt, "meta.json")) as f:
         step = json.load(f)["step"]

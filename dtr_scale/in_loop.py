@@ -22,7 +22,8 @@ from .diffusion import create_diffusion
 from .evaluation.collectives import rank_slice
 from .evaluation.extractors import build_extractor
 from .evaluation.pipeline import compute_metrics, extract, prepare_reference
-from .models import DiT, create_model, load_pretrained
+from .models import load_pretrained
+from .objective import dit_from_config
 from .sampling import generate, make_decoder, save_grid
 
 
@@ -41,16 +42,14 @@ class _RankBlock:
 
 
 class InLoopMonitor:
-    def __init__(self, cfg, env, device: torch.device, dit: DiT, data_identity: dict):
+    def __init__(self, cfg, env, device: torch.device, data_identity: dict):
         self.cfg, self.env, self.device = cfg, env, device
         self.enabled = cfg.train.sample_every > 0 or cfg.eval.every > 0
         if not self.enabled:
             return
         m = cfg.model
-        self.model = create_model(m.name, input_size=m.input_size, in_channels=m.in_channels,
-                                  num_classes=m.num_classes, learn_sigma=m.learn_sigma,
-                                  class_dropout_prob=m.class_dropout_prob, routing=dit.routing,
-                                  attention=m.attention).to(device).eval()
+        # A separate eval copy: same architecture, no activation checkpointing.
+        self.model = dit_from_config(cfg, checkpointing=0.0).to(device).eval()
         self.diffusion = create_diffusion(timestep_respacing=cfg.eval.sampling_steps, noise_schedule=cfg.diffusion.schedule,
                                           learn_sigma=m.learn_sigma, diffusion_steps=cfg.diffusion.steps)
         self.decoder = make_decoder(None, {"data": data_identity}, device=device)

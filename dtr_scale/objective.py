@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .diffusion import AntUncertaintyWeighting, create_diffusion, uniform_timesteps
-from .models import DiT
+from .models import DiT, RoutingConfig, create_model
 
 
 class DiffusionObjective(nn.Module):
@@ -34,6 +34,16 @@ class DiffusionObjective(nn.Module):
         else:
             loss = per_sample.mean()
         return loss, per_sample.detach()
+
+
+def dit_from_config(cfg, **overrides) -> DiT:
+    """The DiT that `cfg.model` describes (shape fields filled in); `overrides` replace
+    create_model arguments, e.g. attention="auto" for a model rebuilt for sampling."""
+    m = cfg.model
+    kwargs = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
+                  learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob,
+                  routing=RoutingConfig(**vars(m.routing)), attention=m.attention, checkpointing=m.checkpointing)
+    return create_model(m.name, **{**kwargs, **overrides})
 
 
 def build_objective(cfg, dit: DiT) -> DiffusionObjective:

@@ -25,8 +25,8 @@ from .diffusion import timestep_cluster
 from .export import data_identity
 from .in_loop import InLoopMonitor
 from .metrics import MetricsLogger
-from .models import RoutingConfig, create_model, dit_train_flops
-from .objective import build_objective
+from .models import dit_train_flops
+from .objective import build_objective, dit_from_config
 from .parallel.engine import build_engine
 from .parallel.optim import lr_factor
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
@@ -57,11 +57,7 @@ def build_model(cfg: Config, loader: LatentLoader):
             f"model.input_size/in_channels = {m.input_size}/{m.in_channels} do not match the data's "
             f"latent shape {loader.latent_shape} (from {cfg.data.path}/dataset.json)"
         )
-    r = m.routing
-    routing = RoutingConfig(r.sharing_ratio, r.init, r.alpha, r.num_tasks, r.seed)
-    return create_model(m.name, input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
-                        learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob, routing=routing,
-                        attention=m.attention, checkpointing=m.checkpointing)
+    return dit_from_config(cfg)
 
 
 def infinite(loader: LatentLoader):
@@ -75,13 +71,19 @@ def infinite(loader: LatentLoader):
             raise RuntimeError("the data loader produced no batch for this rank; check data.path and the batch size")
 
 
-def cluster_sums(per_sample: torch.Tensor, t: torch.Tensor, steps: int) -> torch.Tensor:
-    """(2, K) float64 [sum of losses, count] per timestep cluster."""
-    k = timestep_cluster(t.cpu(), steps, NUM_LOG_CLUSTERS)
-    out = torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64)
-    out[0].index_add_(0, k, per_sample.detach().cpu().double())
-    out[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
-    return out
+def new_window(device: torch.device) -> dict:
+    """Sums between two log lines. Loss statistics stay on the device (float64) until the log
+    step, so the hot loop adds no host synchronisation of its own."""
+    return {"loss": torch.zeros((), dtype=torch.float64, device=device), "n": 0,
+            "clusters": torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64, device=device),
+            "time": 0.0, "steps": 0, "applied": 0, "grad_norm": 0.0, "ema_time": 0.0}
+
+
+def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, steps: int) -> None:
+    """Add [sum of losses, count] per timestep cluster into the (2, K) float64 `clusters`."""
+    k = timestep_cluster(t, steps, NUM_LOG_CLUSTERS).to(clusters.device)
+    clusters[0].index_add_(0, k, per_sample.detach().to(torch.float64))
+    clusters[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
 
 
 def run(cfg: Config, env: DistEnv) -> int:
@@ -128,13 +130,12 @@ def run(cfg: Config, env: DistEnv) -> int:
                 "gen_noise": gen_noise.get_state(), "loader": loader.state_dict()}
 
     logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, step)
-    monitor = InLoopMonitor(cfg, env, device, dit, data_identity(cfg.data.path))
+    monitor = InLoopMonitor(cfg, env, device, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
     flops_per_step = dit_train_flops(dit, local_batch * t.grad_accum)
     batches = infinite(loader)
     consecutive_bad = 0
-    window = {"loss": 0.0, "n": 0, "clusters": torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64),
-              "time": 0.0, "steps": 0, "grad_norm": 0.0, "ema_time": 0.0}
+    window = new_window(device)
     exit_code = 0
     while step < t.max_steps:
         tic = time.perf_counter()
@@ -149,9 +150,9 @@ def run(cfg: Config, env: DistEnv) -> int:
                 if faults.nan_step(step, env.rank):
                     loss = loss * float("nan")
                 engine.backward(loss)
-            window["loss"] += float(loss.detach())
+            window["loss"] += loss.detach().to(torch.float64)
             window["n"] += 1
-            window["clusters"] += cluster_sums(per_sample, timesteps, cfg.diffusion.steps)
+            add_cluster_sums(window["clusters"], per_sample, timesteps, cfg.diffusion.steps)
         result = engine.step()
         if result.applied:
             consecutive_bad = 0
@@ -159,6 +160,7 @@ def run(cfg: Config, env: DistEnv) -> int:
             engine.update_ema(t.ema_decay)
             window["ema_time"] += time.perf_counter() - ema_tic
             window["grad_norm"] += result.grad_norm
+            window["applied"] += 1
         else:
             skipped_total += 1
             consecutive_bad += 1
@@ -178,18 +180,17 @@ def run(cfg: Config, env: DistEnv) -> int:
             os.kill(os.getpid(), signal.SIGTERM)
 
         if step % t.log_every == 0 or step == t.max_steps:
-            stats = torch.cat([torch.tensor([window["loss"] / max(window["n"], 1), float(loader.data_errors)],
-                                            dtype=torch.float64), window["clusters"].flatten()])
-            stats = stats.to(device)
+            stats = torch.cat([(window["loss"] / max(window["n"], 1)).reshape(1),
+                               torch.tensor([float(loader.data_errors)], dtype=torch.float64, device=device),
+                               window["clusters"].flatten()])
             if dist.is_initialized():
                 dist.all_reduce(stats)
             stats = stats.cpu()
             sums, counts = stats[2:].view(2, NUM_LOG_CLUSTERS)
             secs = window["time"] / window["steps"]
-            applied = window["steps"]  # grad norms only from applied steps; fine for a window mean
             metrics = {
                 "loss": stats[0].item() / env.world_size,
-                "grad_norm": window["grad_norm"] / max(applied, 1),
+                "grad_norm": window["grad_norm"] / max(window["applied"], 1),  # applied steps only
                 "lr": t.lr * lr_factor(step - 1, t.warmup_steps),
                 "img_per_s": t.global_batch_size / secs,
                 "tflops_per_rank": flops_per_step / secs / 1e12,
@@ -202,8 +203,7 @@ def run(cfg: Config, env: DistEnv) -> int:
                 if counts[k] > 0:
                     metrics[f"loss_t{k}"] = (sums[k] / counts[k]).item()
             logger.log(step, metrics)
-            window = {"loss": 0.0, "n": 0, "clusters": torch.zeros_like(window["clusters"]),
-                      "time": 0.0, "steps": 0, "grad_norm": 0.0, "ema_time": 0.0}
+            window = new_window(device)
 
         in_loop = monitor.maybe_run(step, engine)  # sample grids / FID of the EMA, when due
         if in_loop:

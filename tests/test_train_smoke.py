@@ -51,7 +51,7 @@ def test_loss_decreases_over_20_steps(weighting):
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)  # every key known, typed and in range
     r = cfg.model.routing
-    RoutingConfig(r.sharing_ratio, r.init, r.alpha, r.num_tasks, r.seed)
+    RoutingConfig(**vars(r))
     assert cfg.train.global_batch_size % 8 == 0 or "digits" in path  # splits over 8-GPU nodes
 
 

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from .engine import Engine, StepResult
 from .ema import LocalEMA
-from .optim import build_optimizer, param_groups, set_lr
+from .optim import build_optimizer, param_groups
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -102,15 +102,6 @@ class DeepSpeedEngine(Engine):
         norm = float("nan") if norm is None else float(norm)
         return StepResult(norm if applied else float("nan"), applied)
 
-    def discard_step(self):
-        self.ds.zero_grad()
-
-    def set_lr_factor(self, factor):
-        set_lr(self.ds.optimizer, factor)
-
-    def update_ema(self, decay):
-        self.ema.update(self._local_dit(), decay)
-
     def _ema_file(self, path: str) -> str | None:
         if self.stage == 3:
             return os.path.join(path, f"ema_rank{self.env.rank:05d}.pt")
@@ -141,9 +132,3 @@ class DeepSpeedEngine(Engine):
                 yield name, torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
 
         return self._collect(full_tensors())
-
-    def export_ema(self):
-        return self._gather(self.ema.shadow)
-
-    def export_model(self):
-        return self._gather(self._local_dit())

@@ -22,6 +22,7 @@ from typing import ContextManager
 import torch
 from torch import nn
 
+from .optim import set_lr
 from .process_group import DistEnv
 
 
@@ -53,15 +54,19 @@ class Engine:
     def step(self) -> StepResult:
         raise NotImplementedError
 
-    def discard_step(self) -> None:
-        """Throw away this step's gradients (a non-finite loss was seen on some rank)."""
-        raise NotImplementedError
-
     def set_lr_factor(self, factor: float) -> None:
-        raise NotImplementedError
+        set_lr(self.optimizer, factor)  # every engine keeps its (possibly wrapped) optimizer here
 
     def update_ema(self, decay: float) -> None:
+        self.ema.update(self._local_dit(), decay)
+
+    def _local_dit(self) -> list[torch.Tensor]:
+        """The DiT's parameters as this rank holds them: full, DTensor shards or ZeRO-3 partitions."""
         raise NotImplementedError
+
+    def _gather(self, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """Collective: full tensors from `tensors` (laid out like `_local_dit()`), on rank 0."""
+        return self._collect(zip((n for n, _ in self.objective.dit.named_parameters()), tensors))
 
     # -- state -------------------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -74,11 +79,11 @@ class Engine:
     def export_ema(self) -> dict[str, torch.Tensor] | None:
         """Collective: consolidated EMA weights of the DiT (official names, fp32, CPU) on rank 0,
         None on the other ranks."""
-        raise NotImplementedError
+        return self._gather(self.ema.shadow)
 
     def export_model(self) -> dict[str, torch.Tensor] | None:
         """Collective: consolidated raw (non-EMA) weights, like `export_ema`."""
-        raise NotImplementedError
+        return self._gather(self._local_dit())
 
     def _collect(self, pairs) -> dict[str, torch.Tensor] | None:
         """Rank 0 keeps (name, full tensor) pairs as fp32 CPU copies, plus the DiT's buffers.

@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 
 from .engine import Engine, StepResult
 from .ema import LocalEMA
-from .optim import build_optimizer, param_groups, set_lr
+from .optim import build_optimizer, clip_and_step, param_groups
 
 
 class FSDPEngine(Engine):
@@ -62,25 +62,7 @@ class FSDPEngine(Engine):
         (loss / self.accum).backward()
 
     def step(self):
-        clip = self.cfg.train.grad_clip or float("inf")
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-        if not torch.isfinite(torch.tensor(norm)):
-            self.discard_step()
-            return StepResult(norm, False)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(norm, True)
-
-    def discard_step(self):
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def set_lr_factor(self, factor):
-        set_lr(self.optimizer, factor)
-
-    def update_ema(self, decay):
-        self.ema.update(self._local_dit(), decay)
+        return StepResult(*clip_and_step(self.optimizer, self.cfg.train.grad_clip))
 
     def _ema_dtensors(self) -> dict[str, DTensor]:
         """The EMA shards as DTensors laid out like the parameters (what DCP saves/loads)."""
@@ -90,20 +72,19 @@ class FSDPEngine(Engine):
                                            shape=p.shape, stride=p.stride())
         return out
 
-    def save(self, path):
-        state = {
+    def _state(self) -> dict:
+        """Model, optimizer and EMA as DCP sees them; `load` fills the same structure in place."""
+        return {
             "model": get_model_state_dict(self.objective),
             "optim": get_optimizer_state_dict(self.objective, self.optimizer),
             "ema": self._ema_dtensors(),
         }
-        dcp.save(state, checkpoint_id=path)
+
+    def save(self, path):
+        dcp.save(self._state(), checkpoint_id=path)
 
     def load(self, path):
-        state = {
-            "model": get_model_state_dict(self.objective),
-            "optim": get_optimizer_state_dict(self.objective, self.optimizer),
-            "ema": self._ema_dtensors(),
-        }
+        state = self._state()
         dcp.load(state, checkpoint_id=path)
         set_model_state_dict(self.objective, state["model"])
         set_optimizer_state_dict(self.objective, self.optimizer, state["optim"])
@@ -117,9 +98,3 @@ class FSDPEngine(Engine):
                                                shape=p.shape, stride=p.stride()).full_tensor()
 
         return self._collect(full_tensors())
-
-    def export_ema(self):
-        return self._gather(self.ema.shadow)
-
-    def export_model(self):
-        return self._gather(self._local_dit())

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .engine import Engine, StepResult
 from .ema import LocalEMA
-from .optim import build_optimizer, param_groups, set_lr
+from .optim import build_optimizer, clip_and_step, param_groups
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,12 +48,12 @@ class SingleEngine(Engine):
         )
         self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         self.module = self.wrap(AutocastModule(objective, _DTYPES.get(t.precision), device.type))
-        self.ema = LocalEMA(self._dit_params())
+        self.ema = LocalEMA(self._local_dit())
 
     def wrap(self, module: nn.Module) -> nn.Module:
         return module
 
-    def _dit_params(self) -> list[torch.Tensor]:
+    def _local_dit(self) -> list[torch.Tensor]:
         return list(self.objective.dit.parameters())
 
     def backward(self, loss):
@@ -61,32 +61,7 @@ class SingleEngine(Engine):
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self):
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.train.grad_clip or float("inf")
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        if not torch.isfinite(torch.tensor(norm)):
-            self.discard_step()
-            return StepResult(norm, False)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(norm, True)
-
-    def discard_step(self):
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler:
-            self.scaler.update(self.scaler.get_scale() / 2)
-
-    def set_lr_factor(self, factor):
-        set_lr(self.optimizer, factor)
-
-    def update_ema(self, decay):
-        self.ema.update(self._dit_params(), decay)
+        return StepResult(*clip_and_step(self.optimizer, self.cfg.train.grad_clip, self.scaler))
 
     def _state(self) -> dict:
         return {
@@ -108,15 +83,6 @@ class SingleEngine(Engine):
         self.ema.load_state_dict(state["ema"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-
-    def _named(self, tensors) -> dict[str, torch.Tensor] | None:
-        return self._collect(zip((n for n, _ in self.objective.dit.named_parameters()), tensors))
-
-    def export_ema(self):
-        return self._named(self.ema.shadow)
-
-    def export_model(self):
-        return self._named(self._dit_params())
 
 
 class DDPEngine(SingleEngine):

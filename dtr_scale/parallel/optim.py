@@ -1,8 +1,11 @@
 """Optimizer parameter groups, optimizer construction and the LR schedule, shared by every engine."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def param_groups(objective: nn.Module, lr: float, weight_decay: float, ant_lr: float) -> list[dict]:
@@ -26,6 +29,30 @@ def build_optimizer(groups: list[dict], betas: tuple[float, float], device: torc
     """AdamW with torch's fused kernel (CUDA and CPU): one pass over each tensor instead of the
     ~10 of foreach, which measured 0.08 s vs 0.48 s per step for DiT-B/2 on the CPU."""
     return torch.optim.AdamW(groups, betas=betas, eps=1e-8, fused=True)
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float, scaler=None) -> tuple[float, bool]:
+    """Clip the global gradient norm (0 = no clipping) and step, unless the norm is non-finite.
+
+    Returns (norm before clipping, whether the step was applied); the gradients are cleared
+    either way. With an fp16 GradScaler the gradients are unscaled first and a skipped step
+    halves the scale. Works on DTensor (FSDP2) gradients: their norm is reduced over the mesh.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
+    norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    applied = math.isfinite(norm)
+    if applied and scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif applied:
+        optimizer.step()
+    elif scaler is not None:
+        scaler.update(scaler.get_scale() / 2)
+    optimizer.zero_grad(set_to_none=True)
+    return norm, applied
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
