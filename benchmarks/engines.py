@@ -55,7 +55,7 @@ def build(args, overrides, env, checkpointing=0.0):
     from dtr_scale.config import load_config
     from dtr_scale.models import RoutingConfig, create_model
     from dtr_scale.objective import build_objective
-    from dtr_scale.parallel.engine import build_engine
+    from dtr_scale.parallel.factory import build_engine
 
     cfg = load_config(None, [f"model.name={args.model}", "train.precision=fp32",
                              f"train.global_batch_size={args.batch * env.world_size}", *overrides])

@@ -33,7 +33,7 @@ from common import RESULTS_DIR, ContentionMeter, command_line, machine_info, med
 from dtr_scale.config import load_config
 from dtr_scale.models import RoutingConfig, create_model, dit_train_flops
 from dtr_scale.objective import build_objective
-from dtr_scale.parallel.engine import build_engine
+from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.process_group import DistEnv
 
 MODEL_VARIANTS = {

@@ -27,7 +27,6 @@ import shutil
 import numpy as np
 import torch
 
-from . import faults
 from .atomic import atomic_write_text
 from .parallel.process_group import DistEnv, barrier
 
@@ -105,8 +104,6 @@ class CheckpointManager:
         barrier()
         engine.save(os.path.join(tmp, "engine"))
         torch.save(trainer_state, os.path.join(tmp, f"trainer_rank{self.env.rank:05d}.pt"))
-        if faults.crash_in_save(step):
-            os._exit(17)  # test hook: die with a half-finished checkpoint on disk
         barrier()
         if self.env.is_main:
             with open(os.path.join(tmp, "config.yaml"), "w") as f:

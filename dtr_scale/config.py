@@ -19,20 +19,11 @@ import yaml
 
 from .models.attention import ATTENTION_BACKENDS
 from .models.dit import DIT_MODELS
-from .models.routing import ROUTING_INITS
+from .models.routing import RoutingConfig
 
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names the dotted key."""
-
-
-@dataclass
-class RoutingSection:
-    sharing_ratio: float = 0.8  # β; 1.0 = plain DiT
-    init: str = "dtr"  # dtr | random
-    alpha: float = 4.0
-    num_tasks: int = 1000
-    seed: int = 0
 
 
 @dataclass
@@ -43,7 +34,7 @@ class ModelSection:
     num_classes: Optional[int] = None  # None = from the dataset manifest
     learn_sigma: bool = True
     class_dropout_prob: float = 0.1
-    routing: RoutingSection = field(default_factory=RoutingSection)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)  # β, init, α, tasks, seed (checks its own ranges)
     attention: str = "auto"  # auto | xformers | sdpa | math
     checkpointing: float = 0.0  # fraction of blocks with activation checkpointing
 
@@ -130,7 +121,6 @@ class Config:
 
 CHOICES = {
     "model.name": DIT_MODELS,
-    "model.routing.init": ROUTING_INITS,
     "model.attention": ATTENTION_BACKENDS,
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.loss_weighting": ("constant", "min_snr", "p2", "ant_uw"),
@@ -144,9 +134,6 @@ CHOICES = {
 
 # key -> (predicate, description of the allowed range)
 RANGES = {
-    "model.routing.sharing_ratio": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "model.routing.alpha": (lambda v: v > 0, "> 0"),
-    "model.routing.num_tasks": (lambda v: v >= 1, ">= 1"),
     "model.checkpointing": (lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
     "model.class_dropout_prob": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "diffusion.steps": (lambda v: v >= 2, ">= 2"),
@@ -200,15 +187,29 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!s}; allowed keys under "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
-        )
-    kwargs = {name: _coerce(prefix + name, data[name], hints[name]) for name in names if name in data}
-    return cls(**kwargs)
+        where = f" under {prefix.rstrip('.')}" if prefix else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s}; allowed keys{where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        # A field may name words that mean "its default of None" (e.g. the sampler's cfg_channels=all).
+        if isinstance(value, str) and value.lower() in fields[name].metadata.get("none_words", ()):
+            value = None
+        kwargs[name] = _coerce(prefix + name, value, hints[name])
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a section that checks itself on construction (RoutingConfig)
+        raise ConfigError(str(exc)) from None
+
+
+def from_key_values(cls: type, pairs: list[str] | tuple[str, ...], form: str = "key=value") -> Any:
+    """Build the dataclass `cls` from `["key=value", ...]` with the same typing and messages as the
+    training config (used by CLIs whose options are a flat dataclass, e.g. the sampler's)."""
+    return _build(cls, apply_overrides({}, list(pairs), form))
 
 
 def config_from_dict(data: dict | None) -> Config:
@@ -225,17 +226,17 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str, form: str = "key.sub=value") -> tuple[str, Any]:
     """'a.b=value' -> ('a.b', value parsed as YAML, so 0.6 is a float and true a bool)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
+        raise ConfigError(f"override {text!r} must look like {form}")
     key, raw = text.split("=", 1)
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_overrides(data: dict, overrides: list[str], form: str = "key.sub=value") -> dict:
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = parse_override(text, form)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -259,6 +260,11 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     return config_from_dict(apply_overrides(data, list(overrides)))
 
 
+def bad_value(key: str, value: Any, allowed: str) -> ConfigError:
+    """The one message format for a value out of range: `key: got VALUE; ALLOWED`."""
+    return ConfigError(f"{key}: got {value!r}; {allowed}")
+
+
 def _get(cfg: Config, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
@@ -271,11 +277,15 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(map(str, allowed))}")
+            raise bad_value(key, value, f"allowed: {', '.join(map(str, allowed))}")
     for key, (ok, desc) in RANGES.items():
         value = _get(cfg, key)
         if not ok(value):
-            raise ConfigError(f"{key}: got {value!r}; must be {desc}")
+            raise bad_value(key, value, f"must be {desc}")
+    try:
+        cfg.model.routing.validate()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if world_size is not None:
         per_step = world_size * cfg.train.grad_accum
         if cfg.train.global_batch_size % per_step:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .diffusion import AntUncertaintyWeighting, create_diffusion, uniform_timesteps
-from .models import DiT, RoutingConfig, create_model
+from .models import DiT, create_model
 
 
 class DiffusionObjective(nn.Module):
@@ -42,7 +42,7 @@ def dit_from_config(cfg, **overrides) -> DiT:
     m = cfg.model
     kwargs = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
                   learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob,
-                  routing=RoutingConfig(**vars(m.routing)), attention=m.attention, checkpointing=m.checkpointing)
+                  routing=m.routing, attention=m.attention, checkpointing=m.checkpointing)
     return create_model(m.name, **{**kwargs, **overrides})
 
 

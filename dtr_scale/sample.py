@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value may stand before or after options
     try:
         opts = parse_options(args.options)
         from dtr_scale.sampling.run import run_sampling

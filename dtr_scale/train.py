@@ -1,8 +1,9 @@
 """Training: `python -m dtr_scale.train --config FILE [key.sub=value ...]`.
 
 One loop for every engine (single, DDP, FSDP2, DeepSpeed ZeRO-1/2/3); it runs the same under
-torchrun, srun and the deepspeed launcher. Read top to bottom: set up, resume, then per step
-draw micro-batches, back-propagate, step, update the EMA, log, checkpoint, and stop cleanly on
+torchrun, srun and the deepspeed launcher. `run()` reads top to bottom: `setup` (data, model,
+engine, seeds), `resume`, then per step `train_step` (micro-batches, backward, optimizer step,
+EMA), log the window's metrics, run the in-loop monitor, `maybe_checkpoint`, and stop cleanly on
 preemption.
 """
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -27,7 +29,8 @@ from .in_loop import InLoopMonitor
 from .metrics import MetricsLogger
 from .models import dit_train_flops
 from .objective import build_objective, dit_from_config
-from .parallel.engine import build_engine
+from .parallel.engine import Engine
+from .parallel.factory import build_engine
 from .parallel.optim import lr_factor
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
@@ -41,8 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
     p.add_argument("--resume", default=None, help="auto | none | CHECKPOINT_DIR (overrides checkpoint.resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.routing.sharing_ratio=0.6")
-    return p.parse_args(argv)
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.routing.sharing_ratio=0.6 "
+                   "(before, between or after the options)")
+    return p.parse_intermixed_args(argv)
 
 
 def build_model(cfg: Config, loader: LatentLoader):
@@ -86,14 +90,38 @@ def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, t: torch.
     clusters[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
 
 
-def run(cfg: Config, env: DistEnv) -> int:
+@dataclass
+class Trainer:
+    """Everything one training run holds; `step`, the counters and the two generators are what
+    a checkpoint stores besides the engine (see `trainer_state`)."""
+    cfg: Config
+    env: DistEnv
+    device: torch.device
+    loader: LatentLoader
+    objective: torch.nn.Module
+    engine: Engine
+    gen_t: torch.Generator  # per-rank timestep stream
+    gen_noise: torch.Generator  # per-rank noise stream
+    ckpt: CheckpointManager
+    config_yaml: str
+    flops_per_step: float
+    batches: Iterator = None
+    step: int = 0  # optimizer steps done (= the 0-based index of the step in progress)
+    skipped_total: int = 0
+    consecutive_bad: int = 0
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "skipped_steps": self.skipped_total, "rng": rng_state(),
+                "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
+                "loader": self.loader.state_dict()}
+
+
+def setup(cfg: Config, env: DistEnv) -> Trainer:
+    """Data, model, objective and engine, with the seeds that make every rank start identical."""
     validate(cfg, world_size=env.world_size)
-    if cfg.parallel.engine == "single" and env.world_size > 1:
-        raise ConfigError(f"parallel.engine=single with {env.world_size} processes; use ddp, fsdp or deepspeed")
     device = local_device(env)
     t = cfg.train
     local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
-
     loader = LatentLoader(cfg.data.path, local_batch, rank=env.rank, world_size=env.world_size,
                           num_workers=cfg.data.num_workers, seed=t.seed, mode=cfg.data.mode,
                           shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error,
@@ -112,116 +140,131 @@ def run(cfg: Config, env: DistEnv) -> int:
     if env.is_main:
         print(f"resolved config ({env.world_size} rank(s), engine={engine.name}):\n{config_yaml}", flush=True)
         atomic_write_text(os.path.join(cfg.checkpoint.dir, "config.yaml"), config_yaml)
+    trainer = Trainer(cfg, env, device, loader, objective, engine, gen_t, gen_noise, ckpt, config_yaml,
+                      flops_per_step=dit_train_flops(dit, local_batch * t.grad_accum))
+    faults.install(trainer)  # robustness tests only: a no-op unless their variables are set
+    return trainer
 
-    step, skipped_total = 0, 0
-    resume_from = ckpt.resolve(cfg.checkpoint.resume)
+
+def resume(tr: Trainer) -> None:
+    """Restore engine, counters, RNG streams and the loader position from `checkpoint.resume`."""
+    resume_from = tr.ckpt.resolve(tr.cfg.checkpoint.resume)
     if resume_from:
-        state = ckpt.load(resume_from, engine)
-        step, skipped_total = state["step"], state["skipped_steps"]
+        state = tr.ckpt.load(resume_from, tr.engine)
+        tr.step, tr.skipped_total = state["step"], state["skipped_steps"]
         set_rng_state(state["rng"])
-        gen_t.set_state(state["gen_t"])
-        gen_noise.set_state(state["gen_noise"])
-        loader.load_state_dict(state["loader"])
-        if env.is_main:
-            print(f"resumed from {resume_from} at step {step}", flush=True)
+        tr.gen_t.set_state(state["gen_t"])
+        tr.gen_noise.set_state(state["gen_noise"])
+        tr.loader.load_state_dict(state["loader"])
+        if tr.env.is_main:
+            print(f"resumed from {resume_from} at step {tr.step}", flush=True)
+    tr.batches = infinite(tr.loader)
 
-    def trainer_state() -> dict:
-        return {"step": step, "skipped_steps": skipped_total, "rng": rng_state(), "gen_t": gen_t.get_state(),
-                "gen_noise": gen_noise.get_state(), "loader": loader.state_dict()}
 
-    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, step)
-    monitor = InLoopMonitor(cfg, env, device, data_identity(cfg.data.path))
+def train_step(tr: Trainer, window: dict) -> None:
+    """One optimizer step over `train.grad_accum` micro-batches; a non-finite step is skipped
+    (and too many in a row stop the run before anything bad is checkpointed)."""
+    t, device = tr.cfg.train, tr.device
+    tr.engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
+    for micro in range(t.grad_accum):
+        x, y = next(tr.batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        timesteps = tr.objective.sample_timesteps(x.shape[0], tr.gen_t).to(device)
+        noise = torch.randn(x.shape, generator=tr.gen_noise).to(device)
+        with tr.engine.accumulate(sync=micro == t.grad_accum - 1):
+            loss, per_sample = tr.engine.module(x, timesteps, y, noise)
+            tr.engine.backward(loss)
+        window["loss"] += loss.detach().to(torch.float64)
+        window["n"] += 1
+        add_cluster_sums(window["clusters"], per_sample, timesteps, tr.cfg.diffusion.steps)
+    result = tr.engine.step()
+    if result.applied:
+        tr.consecutive_bad = 0
+        ema_tic = time.perf_counter()
+        tr.engine.update_ema(t.ema_decay)
+        window["ema_time"] += time.perf_counter() - ema_tic
+        window["grad_norm"] += result.grad_norm
+        window["applied"] += 1
+    else:
+        tr.skipped_total += 1
+        tr.consecutive_bad += 1
+        if tr.env.is_main:
+            log.warning("step %d: non-finite loss/gradient, step skipped (%d in a row)", tr.step, tr.consecutive_bad)
+        if tr.consecutive_bad >= t.max_consecutive_nonfinite:
+            raise RuntimeError(
+                f"{tr.consecutive_bad} consecutive non-finite steps (train.max_consecutive_nonfinite="
+                f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
+                f"train.lr, set train.grad_clip, or check the data (data errors so far: {tr.loader.data_errors})"
+            )
+    tr.step += 1
+
+
+def window_metrics(tr: Trainer, window: dict) -> dict:
+    """Collective: the metrics of the steps since the last log line, averaged over ranks."""
+    t = tr.cfg.train
+    stats = torch.cat([(window["loss"] / max(window["n"], 1)).reshape(1),
+                       torch.tensor([float(tr.loader.data_errors)], dtype=torch.float64, device=tr.device),
+                       window["clusters"].flatten()])
+    if dist.is_initialized():
+        dist.all_reduce(stats)
+    stats = stats.cpu()
+    sums, counts = stats[2:].view(2, NUM_LOG_CLUSTERS)
+    secs = window["time"] / window["steps"]
+    metrics = {
+        "loss": stats[0].item() / tr.env.world_size,
+        "grad_norm": window["grad_norm"] / max(window["applied"], 1),  # applied steps only
+        "lr": t.lr * lr_factor(tr.step - 1, t.warmup_steps),
+        "img_per_s": t.global_batch_size / secs,
+        "tflops_per_rank": tr.flops_per_step / secs / 1e12,
+        "ema_frac": window["ema_time"] / window["time"],
+        "skipped_steps": tr.skipped_total,
+        "data_errors": stats[1].item(),
+        **tr.engine.memory_stats(),
+    }
+    for k in range(NUM_LOG_CLUSTERS):
+        if counts[k] > 0:
+            metrics[f"loss_t{k}"] = (sums[k] / counts[k]).item()
+    return metrics
+
+
+def maybe_checkpoint(tr: Trainer, preempted: bool) -> None:
+    """Collective: save every `checkpoint.every` steps, at the last step and on preemption."""
+    if tr.step % tr.cfg.checkpoint.every == 0 or tr.step == tr.cfg.train.max_steps or preempted:
+        path = tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml)
+        if tr.env.is_main:
+            log.info("checkpoint %s", path)
+
+
+def run(cfg: Config, env: DistEnv) -> int:
+    tr = setup(cfg, env)
+    resume(tr)
+    t = cfg.train
+    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, tr.step)
+    monitor = InLoopMonitor(cfg, env, tr.device, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
-    flops_per_step = dit_train_flops(dit, local_batch * t.grad_accum)
-    batches = infinite(loader)
-    consecutive_bad = 0
-    window = new_window(device)
-    exit_code = 0
-    while step < t.max_steps:
+    window = new_window(tr.device)
+    while tr.step < t.max_steps:
         tic = time.perf_counter()
-        engine.set_lr_factor(lr_factor(step, t.warmup_steps))
-        for micro in range(t.grad_accum):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            timesteps = objective.sample_timesteps(x.shape[0], gen_t).to(device)
-            noise = torch.randn(x.shape, generator=gen_noise).to(device)
-            with engine.accumulate(sync=micro == t.grad_accum - 1):
-                loss, per_sample = engine.module(x, timesteps, y, noise)
-                if faults.nan_step(step, env.rank):
-                    loss = loss * float("nan")
-                engine.backward(loss)
-            window["loss"] += loss.detach().to(torch.float64)
-            window["n"] += 1
-            add_cluster_sums(window["clusters"], per_sample, timesteps, cfg.diffusion.steps)
-        result = engine.step()
-        if result.applied:
-            consecutive_bad = 0
-            ema_tic = time.perf_counter()
-            engine.update_ema(t.ema_decay)
-            window["ema_time"] += time.perf_counter() - ema_tic
-            window["grad_norm"] += result.grad_norm
-            window["applied"] += 1
-        else:
-            skipped_total += 1
-            consecutive_bad += 1
-            if env.is_main:
-                log.warning("step %d: non-finite loss/gradient, step skipped (%d in a row)", step, consecutive_bad)
-            if consecutive_bad >= t.max_consecutive_nonfinite:
-                raise RuntimeError(
-                    f"{consecutive_bad} consecutive non-finite steps (train.max_consecutive_nonfinite="
-                    f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
-                    f"train.lr, set train.grad_clip, or check the data (data errors so far: {loader.data_errors})"
-                )
-        step += 1
+        train_step(tr, window)
         window["time"] += time.perf_counter() - tic
         window["steps"] += 1
         logger.advance()
-        if faults.signal_after(step - 1):
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        if step % t.log_every == 0 or step == t.max_steps:
-            stats = torch.cat([(window["loss"] / max(window["n"], 1)).reshape(1),
-                               torch.tensor([float(loader.data_errors)], dtype=torch.float64, device=device),
-                               window["clusters"].flatten()])
-            if dist.is_initialized():
-                dist.all_reduce(stats)
-            stats = stats.cpu()
-            sums, counts = stats[2:].view(2, NUM_LOG_CLUSTERS)
-            secs = window["time"] / window["steps"]
-            metrics = {
-                "loss": stats[0].item() / env.world_size,
-                "grad_norm": window["grad_norm"] / max(window["applied"], 1),  # applied steps only
-                "lr": t.lr * lr_factor(step - 1, t.warmup_steps),
-                "img_per_s": t.global_batch_size / secs,
-                "tflops_per_rank": flops_per_step / secs / 1e12,
-                "ema_frac": window["ema_time"] / window["time"],
-                "skipped_steps": skipped_total,
-                "data_errors": stats[1].item(),
-                **engine.memory_stats(),
-            }
-            for k in range(NUM_LOG_CLUSTERS):
-                if counts[k] > 0:
-                    metrics[f"loss_t{k}"] = (sums[k] / counts[k]).item()
-            logger.log(step, metrics)
-            window = new_window(device)
-
-        in_loop = monitor.maybe_run(step, engine)  # sample grids / FID of the EMA, when due
+        if tr.step % t.log_every == 0 or tr.step == t.max_steps:
+            logger.log(tr.step, window_metrics(tr, window))
+            window = new_window(tr.device)
+        in_loop = monitor.maybe_run(tr.step, tr.engine)  # sample grids / FID of the EMA, when due
         if in_loop:
-            logger.log(step, in_loop)
-
-        preempted = preempt.any_rank(device)
-        if step % cfg.checkpoint.every == 0 or step == t.max_steps or preempted:
-            path = ckpt.save(step, engine, trainer_state(), config_yaml)
-            if env.is_main:
-                log.info("checkpoint %s", path)
+            logger.log(tr.step, in_loop)
+        preempted = preempt.any_rank(tr.device)
+        maybe_checkpoint(tr, preempted)
         if preempted:
             if env.is_main:
-                print(f"preemption signal received: checkpointed step {step}, exiting with {REQUEUE_EXIT_CODE} "
-                      "for requeue", flush=True)
-            exit_code = REQUEUE_EXIT_CODE
-            break
+                print(f"preemption signal received: checkpointed step {tr.step}, exiting with "
+                      f"{REQUEUE_EXIT_CODE} for requeue", flush=True)
+            logger.close()
+            return REQUEUE_EXIT_CODE
     logger.close()
-    return exit_code
+    return 0
 
 
 def main(argv=None) -> int:

@@ -96,11 +96,11 @@ def test_resume_with_different_options_is_refused(weights, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["sed=1"], "unknown option 'sed'; allowed: num_samples"),
-    (["sampler=euler"], "sampler='euler': expected ddpm | ddim"),
-    (["num_samples=abc"], "num_samples='abc': expected an integer"),
+    (["sed=1"], "unknown config key sed; allowed keys: num_samples"),
+    (["sampler=euler"], "sampler: got 'euler'; allowed: ddpm | ddim"),
+    (["num_samples=abc"], "num_samples: expected int, got str 'abc'"),
     (["cfg_scale"], "must look like key=value"),
-    (["eta=0.5"], "eta=0.5: expected 0 unless sampler=ddim"),
+    (["eta=0.5"], "eta: got 0.5; allowed: 0 unless sampler=ddim"),
     (["cfg_channels=3", "cfg_scale=4"], "cfg_channels=3: expected 1..1"),
     (["vae=/no/such/vae"], "VAE directory '/no/such/vae' does not exist"),
 ])

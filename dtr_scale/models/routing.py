@@ -34,17 +34,23 @@ class RoutingConfig:
     seed: int = 0  # only used by init="random"
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "RoutingConfig":
+        """Range checks; the messages name the key as the training config spells it, since this
+        class is also that config's `model.routing` section."""
+        def bad(key, allowed):
+            raise ValueError(f"model.routing.{key}: got {getattr(self, key)!r}; {allowed}")
+
         if not 0.0 < float(self.sharing_ratio) <= 1.0:
-            raise ValueError(
-                f"model.routing.sharing_ratio must be in (0, 1], got {self.sharing_ratio!r} "
-                "(1.0 = plain DiT)"
-            )
+            bad("sharing_ratio", "must be in (0, 1] (1.0 = plain DiT)")
         if self.init not in ROUTING_INITS:
-            raise ValueError(f"model.routing.init must be one of {ROUTING_INITS}, got {self.init!r}")
+            bad("init", f"allowed: {', '.join(ROUTING_INITS)}")
         if self.num_tasks < 1:
-            raise ValueError(f"model.routing.num_tasks must be >= 1, got {self.num_tasks!r}")
+            bad("num_tasks", "must be >= 1")
         if self.alpha <= 0:
-            raise ValueError(f"model.routing.alpha must be > 0, got {self.alpha!r}")
+            bad("alpha", "must be > 0")
+        return self
 
     @property
     def is_identity(self) -> bool:

@@ -1,4 +1,4 @@
-"""The small interface every parallelism strategy implements, and the factory that picks one.
+"""The small interface every parallelism strategy implements (`factory.build_engine` picks one).
 
 The training loop only ever calls these methods, in this order per optimizer step:
 
@@ -110,34 +110,3 @@ class Engine:
 
 def dit_names(objective: nn.Module) -> list[str]:
     return [name for name, _ in objective.dit.named_parameters()]
-
-
-def build_engine(objective: nn.Module, cfg, env: DistEnv, device: torch.device) -> Engine:
-    """Wrap `objective` (already on `device`) with the engine named by `parallel.engine`."""
-    name = cfg.parallel.engine
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise ValueError(
-            "train.precision=fp16 needs CUDA (loss scaling of fp16 kernels); on the CPU use fp32 "
-            "(or bf16 where the CPU supports it)"
-        )
-    if name in ("ddp", "fsdp") and not torch.distributed.is_initialized():
-        raise RuntimeError(
-            f"parallel.engine={name} needs a process group: launch with torchrun, srun or deepspeed"
-        )
-    if name == "single":
-        from .local import SingleEngine
-
-        return SingleEngine(objective, cfg, env, device)
-    if name == "ddp":
-        from .local import DDPEngine
-
-        return DDPEngine(objective, cfg, env, device)
-    if name == "fsdp":
-        from .fsdp import FSDPEngine
-
-        return FSDPEngine(objective, cfg, env, device)
-    if name == "deepspeed":
-        from .deepspeed_engine import DeepSpeedEngine
-
-        return DeepSpeedEngine(objective, cfg, env, device)
-    raise ValueError(f"parallel.engine: unknown engine {name!r}")

@@ -1,13 +1,14 @@
-"""The sampler's `key=value` options: defaults, help text, parsing and validation."""
+"""The sampler's `key=value` options: defaults, help text and validation.
+
+Parsing and typing are the training config's (`config.from_key_values`), so a bad option gets the
+same message as a bad training override: the key, the value given and what is allowed."""
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-import yaml
-
+from ..config import bad_value, from_key_values
 from .generate import SAMPLERS
 from .guidance import PRECISIONS
 
@@ -17,26 +18,26 @@ class SampleOptions:
     num_samples: int = field(default=50000, metadata={"help": "images to generate (indices 0..N-1)"})
     seed: int = field(default=0, metadata={"help": "run seed in [0, 2**32); sample i depends only on (seed, i)"})
     sampler: str = field(default="ddpm", metadata={"help": "ddpm (ancestral) | ddim"})
-    steps: Optional[str] = field(default=None, metadata={
+    steps: Optional[str] = field(default=None, metadata={"none_words": ("none", "default"),
         "help": "respacing: '250', 'ddim50', section lists '10,15,20' (default 250 for ddpm, ddim50 for ddim)"})
     eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 = deterministic given x_T)"})
     cfg_scale: float = field(default=1.5, metadata={
         "help": "classifier-free guidance scale; 1.0 = no guidance (no doubled batch)"})
-    cfg_channels: Optional[int] = field(default=None, metadata={
+    cfg_channels: Optional[int] = field(default=None, metadata={"none_words": ("all", "none", "default"),
         "help": "guide only the first K latent channels; default all; 3 = DiT's published samples"})
     precision: str = field(default="fp32", metadata={
         "help": "fp32 | bf16 (autocast around the model; allowed on CPU too, as a numerics check)"})
     batch_size: int = field(default=32, metadata={"help": "images per model batch per rank (the guided call is 2x)"})
     labels: str = field(default="uniform", metadata={
         "help": "uniform (random from each sample's generator, as DiT/DTR) | balanced (i % num_classes)"})
-    vae: Optional[str] = field(default=None, metadata={
+    vae: Optional[str] = field(default=None, metadata={"none_words": ("default", "metadata"),
         "help": "none (pixel mode) | PATH to a local diffusers AutoencoderKL; default: the weights' metadata"})
     png: bool = field(default=False, metadata={"help": "also write OUT/png/000123.png, one per index"})
     shard_size: int = field(default=500, metadata={"help": "consecutive indices per shard (the resume unit)"})
     max_shards_this_run: int = field(default=0, metadata={
         "help": "stop each rank after this many new shards (0 = no limit); rerun to finish"})
     progress: bool = field(default=True, metadata={"help": "tqdm bar with images/s on rank 0"})
-    device: Optional[str] = field(default=None, metadata={"help": "cpu | cuda (default: this rank's GPU if any)"})
+    device: Optional[str] = field(default=None, metadata={"none_words": ("none", "default", "auto"), "help": "cpu | cuda (default: this rank's GPU if any)"})
 
     def resolved_steps(self) -> str:
         if self.steps is not None:
@@ -44,8 +45,8 @@ class SampleOptions:
         return "ddim50" if self.sampler == "ddim" else "250"
 
     def validate(self) -> "SampleOptions":
-        def bad(key, expected):
-            raise ValueError(f"{key}={getattr(self, key)!r}: expected {expected}")
+        def bad(key, allowed):
+            raise bad_value(key, getattr(self, key), f"allowed: {allowed}")
 
         if self.num_samples < 1:
             bad("num_samples", "an integer >= 1")
@@ -82,53 +83,14 @@ class SampleOptions:
         return out
 
 
-# Words that mean "use the default" for the options whose default is None ("none" is a real
-# value for vae: pixel mode).
-_DEFAULT_WORDS = {"cfg_channels": {"all", "none", "null", "default"},
-                  "steps": {"none", "null", "default"},
-                  "vae": {"default", "metadata"},
-                  "device": {"none", "null", "default", "auto"}}
-
-
-def _coerce(key: str, raw: str, tp) -> object:
-    base = {Optional[int]: int, Optional[str]: str}.get(tp, tp)
-    text = raw.strip()
-    if text.lower() in _DEFAULT_WORDS.get(key, ()):
-        return None
-    if base is str:
-        return text  # kept verbatim: steps=250 stays the string "250"
-    value = yaml.safe_load(text)
-    if base is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}={raw!r}: expected true or false")
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key}={raw!r}: expected an integer")
-        return value
-    if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                return float(text)
-            except ValueError:
-                raise ValueError(f"{key}={raw!r}: expected a number") from None
-        return float(value)
-    raise TypeError(f"unsupported option type {tp!r} for {key}")
-
-
 def parse_options(pairs: list[str]) -> SampleOptions:
-    """`["seed=3", "cfg_scale=4.0", ...]` -> validated SampleOptions."""
-    hints = typing.get_type_hints(SampleOptions)
-    values = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"option {pair!r} must look like key=value (e.g. num_samples=1000)")
-        key, raw = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in hints:
-            raise ValueError(f"unknown option {key!r}; allowed: {', '.join(hints)}")
-        values[key] = _coerce(key, raw, hints[key])
-    return SampleOptions(**values).validate()
+    """`["seed=3", "cfg_scale=4.0", ...]` -> validated SampleOptions (`cfg-scale` = `cfg_scale`)."""
+    return from_key_values(SampleOptions, [_underscored(p) for p in pairs]).validate()
+
+
+def _underscored(pair: str) -> str:
+    key, eq, value = pair.partition("=")
+    return key.strip().replace("-", "_") + eq + value
 
 
 def options_help() -> str:
