@@ -62,3 +62,46 @@ def test_batch_must_divide_world_size():
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file not found: nope.yaml"):
         load_config("nope.yaml")
+
+
+def test_overrides_may_follow_options():
+    from dtr_scale.train import parse_args
+
+    args = parse_args(["--config", "c.yaml", "train.lr=1e-4", "--resume", "auto", "model.checkpointing=0.5"])
+    assert (args.config, args.resume) == ("c.yaml", "auto")
+    cfg = load_config(None, args.overrides)
+    assert cfg.train.lr == 1e-4 and cfg.model.checkpointing == 0.5
+
+
+def test_cli_applies_an_override_placed_after_resume(capsys):
+    """The real entry point: a bad value after `--resume` is read and reported (not 'unrecognized')."""
+    from dtr_scale.train import main
+
+    assert main(["--config", "configs/digits-tiny.yaml", "--resume", "none", "model.routing.sharing_ratio=1.5"]) == 2
+    assert "model.routing.sharing_ratio: got 1.5; must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_sampler_options_and_training_overrides_share_one_parser():
+    from dtr_scale.sampling.options import parse_options
+
+    with pytest.raises(ConfigError) as train_err:
+        load_config(None, ["train.seed=abc"])
+    with pytest.raises(ConfigError) as sample_err:
+        parse_options(["seed=abc"])
+    assert str(train_err.value) == "train.seed: expected int, got str 'abc'"
+    assert str(sample_err.value) == "seed: expected int, got str 'abc'"
+    with pytest.raises(ConfigError, match=r"^unknown config key sed; allowed keys: num_samples, seed"):
+        parse_options(["sed=1"])
+    with pytest.raises(ConfigError, match=r"^sampler: got 'euler'; allowed: ddpm \| ddim$"):
+        parse_options(["sampler=euler"])
+    opts = parse_options(["cfg-scale=4", "cfg_channels=all", "steps=250", "vae=none"])
+    assert (opts.cfg_scale, opts.cfg_channels, opts.steps, opts.vae) == (4.0, None, "250", "none")
+
+
+def test_routing_section_is_the_model_routing_config():
+    from dtr_scale.models import RoutingConfig
+
+    routing = load_config(None, ["model.routing.init=random", "model.routing.seed=3"]).model.routing
+    assert isinstance(routing, RoutingConfig) and routing == RoutingConfig(0.8, init="random", seed=3)
+    with pytest.raises(ConfigError, match=r"model\.routing\.init: got 'window'; allowed: dtr, random"):
+        load_config(None, ["model.routing.init=window"])
