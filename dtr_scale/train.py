@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -105,7 +105,7 @@ class Trainer:
     ckpt: CheckpointManager
     config_yaml: str
     flops_per_step: float
-    batches: Iterator = None
+    batches: Optional[Iterator] = None  # set by `resume`, after the loader position is restored
     step: int = 0  # optimizer steps done (= the 0-based index of the step in progress)
     skipped_total: int = 0
     consecutive_bad: int = 0
