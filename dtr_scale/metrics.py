@@ -26,12 +26,11 @@ class MetricsLogger:
             return
         os.makedirs(directory, exist_ok=True)
         self.file = open(os.path.join(directory, "metrics.jsonl"), "a", buffering=1)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        # TensorBoard is a declared dependency (setup.cfg), not an optional extra: a missing
+        # install is an environment error to fix, not something to hide behind a warning.
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
-        except Exception as exc:  # noqa: BLE001 - TensorBoard is optional at run time
-            log.warning("TensorBoard disabled (%s); metrics still go to metrics.jsonl", exc)
+        self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         dynamic_ncols=True, file=sys.stdout, disable=None)  # None: off when not a TTY
 
