@@ -130,16 +130,22 @@ def test_resume_rejects_a_different_world(shards):
         LatentLoader(shards, 8, world_size=1).load_state_dict(state)
 
 
-def test_truncated_shard_is_skipped_and_counted(shards):
+def test_truncated_shard_is_left_out_at_start_named_once_and_counted(shards, caplog):
     path = shards / "shard-000002.tar"
     path.write_bytes(path.read_bytes()[:5000])
-    loader = LatentLoader(shards, 8, num_workers=2, seed=0)
-    seen = [i for x, _ in loader for i in ids_of(x)]
-    lost = set(range(23 + 17, 23 + 17 + 30))
-    assert sorted(seen) == sorted(set(range(100)) - lost)
+    with caplog.at_level("WARNING", logger="dtr_scale.data"):
+        loader = LatentLoader(shards, 8, num_workers=2, seed=0, mode="resampled")
+        assert loader.data_errors == 1  # counted before the first batch
+        stream = iter(loader)
+        seen = {i for _ in range(20) for i in ids_of(next(stream)[0])}
+    assert not seen & set(range(23 + 17, 23 + 17 + 30))  # never drawn
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "shard-000002.tar" in warnings[0].getMessage()
     assert loader.data_errors == 1
-    with pytest.raises(Exception, match="shard-000002.tar"):
-        list(LatentLoader(shards, 8, num_workers=2, on_error="raise"))
+    # Another rank leaves the shard out too, but only rank 0 counts it (ranks' counts are summed).
+    assert LatentLoader(shards, 8, rank=1, world_size=2).data_errors == 0
+    with pytest.raises(DataError, match=r"shard-000002.tar is 5000 bytes, dataset.json says \d+"):
+        LatentLoader(shards, 8, num_workers=2, on_error="raise")  # at construction: no batch read
 
 
 def test_sha256_mismatch_detected(shards):
@@ -147,11 +153,12 @@ def test_sha256_mismatch_detected(shards):
     data = bytearray(path.read_bytes())
     data[1536 + 200] ^= 0xFF   # sample 0: cls hdr+data, npy hdr, then its payload; same size
     path.write_bytes(bytes(data))
+    assert LatentLoader(shards, 8).data_errors == 0  # the size alone does not see it
     loader = LatentLoader(shards, 8, verify_sha256=True)
     seen = [i for x, _ in loader for i in ids_of(x)]
     assert len(seen) == 100 - 17 and loader.data_errors == 1
     with pytest.raises(DataError, match="shard-000001.tar.*sha256"):
-        list(LatentLoader(shards, 8, verify_sha256=True, on_error="raise"))
+        LatentLoader(shards, 8, verify_sha256=True, on_error="raise")
 
 
 def test_bad_samples_skipped_and_named(tmp_path):

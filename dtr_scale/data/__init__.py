@@ -4,12 +4,15 @@ Public API:
     read_manifest(path) -> Manifest        dataset.json beside the shards
     check_data_path(path) -> Manifest      clear errors for a bad data path; call before any
                                            process group starts
+    verify_shards(manifest, on_error, verify_sha256) -> (good shards, [(file, reason)])
+                                           every shard against dataset.json, once, at start
     LatentLoader(path, batch_size, ...)    iterable of (x, y) with state_dict()/load_state_dict()
     DataError                              raised for bad shards/samples with on_error="raise"
 The sample layout is documented in `dtr_scale.data.shard_format`.
 """
 from .loader import LatentLoader
-from .manifest import Manifest, ShardInfo, check_data_path, read_manifest
+from .manifest import Manifest, ShardInfo, check_data_path, read_manifest, verify_shards
 from .shard_format import DataError
 
-__all__ = ["LatentLoader", "Manifest", "ShardInfo", "check_data_path", "read_manifest", "DataError"]
+__all__ = ["LatentLoader", "Manifest", "ShardInfo", "check_data_path", "read_manifest", "verify_shards",
+           "DataError"]

@@ -35,7 +35,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .manifest import Manifest, check_data_path
+from .manifest import Manifest, check_data_path, verify_shards
 from .worker_stream import StreamSpec, WorkerStart, worker_items
 
 STATE_VERSION = 1
@@ -75,15 +75,19 @@ class LatentLoader:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.manifest: Manifest = check_data_path(path)
         m = self.manifest
+        # Every shard is checked once here, before the first batch: a bad one stops the run now
+        # (raise) or is left out of the shard list for good (skip), named in one warning.
+        good, self.bad_shards = verify_shards(m, on_error, verify_sha256, warn=rank == 0)
+        # Every rank finds the same bad shards; rank 0 alone counts them, so that the training
+        # loop's sum of data_errors over ranks counts each bad shard once.
+        self._bad_shard_errors = len(self.bad_shards) if rank == 0 else 0
         self.num_workers, self.prefetch_factor, self.pin_memory = num_workers, prefetch_factor, pin_memory
         self.spec = StreamSpec(
-            paths=tuple(m.shard_path(s) for s in m.shards), sizes=tuple(s.bytes for s in m.shards),
-            sha256=tuple(s.sha256 for s in m.shards), counts=tuple(s.count for s in m.shards),
+            paths=tuple(m.shard_path(s) for s in good), counts=tuple(s.count for s in good),
             field=m.field, latent_shape=m.latent_shape, num_classes=m.num_classes,
             scale=m.scale_factor, shift=m.shift_factor, batch_size=batch_size, seed=seed, rank=rank,
             world_size=world_size, num_workers=max(1, num_workers), mode=mode,
-            shuffle_buffer=shuffle_buffer, on_error=on_error, verify_sha256=verify_sha256,
-            drop_last=drop_last, random_flip=random_flip)
+            shuffle_buffer=shuffle_buffer, on_error=on_error, drop_last=drop_last, random_flip=random_flip)
         self._state = self._fresh_state(epoch=0)
 
     # -- facts about the data ------------------------------------------------------------
@@ -105,7 +109,11 @@ class LatentLoader:
 
     @property
     def data_errors(self) -> int:
-        """Bad shards/samples skipped so far in consumed data, summed over workers and epochs."""
+        """Bad shards left out at start (rank 0 counts them) plus bad shards/samples skipped so
+        far in consumed data, summed over workers and epochs."""
+        return self._bad_shard_errors + self._stream_errors()
+
+    def _stream_errors(self) -> int:
         st = self._state
         return st["errors_past_epochs"] + sum(w["errors_before"] + w["errors_in"] for w in st["workers"])
 
@@ -177,4 +185,4 @@ class LatentLoader:
             st["batches"] += 1
             yield item["x"], item["y"]
         # Epoch mode only (resampled workers never finish): move to the next epoch.
-        self._state = self._fresh_state(st["epoch"] + 1, self.data_errors)
+        self._state = self._fresh_state(st["epoch"] + 1, self._stream_errors())

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes
+
+log = logging.getLogger("dtr_scale.data")
 
 MANIFEST_NAME = "dataset.json"
 FORMAT_NAME = "dtr-scale-latents"
@@ -121,8 +124,9 @@ def check_data_path(path) -> Manifest:
     """Fail early and clearly on a bad data path; call it BEFORE starting a process group.
 
     Checks that the path is set, exists, holds a readable manifest, and that every listed shard
-    file exists. Shard sizes and hashes are checked by the loader as it opens each shard, so that
-    one bad shard can be skipped and counted instead of stopping a long run.
+    file exists. Shard sizes (and optionally hashes) are checked by `verify_shards`, which the
+    loader calls once at start, so that one bad shard can be skipped and counted instead of
+    stopping a long run.
     """
     if path is None or str(path).strip() == "":
         raise ValueError("data.path is empty: set it to a directory written by "
@@ -142,3 +146,53 @@ def check_data_path(path) -> Manifest:
         raise FileNotFoundError(f"{len(missing)} shard(s) listed in {_manifest_file(p)} are missing "
                                 f"from {manifest.root}: {missing[:5]}; copy them or rerun prep")
     return manifest
+
+
+def shard_problem(manifest: Manifest, shard: ShardInfo, verify_sha256: bool) -> str | None:
+    """Why this shard does not match the manifest (size always, sha256 if asked), or None."""
+    path = manifest.shard_path(shard)
+    try:
+        actual = os.path.getsize(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if actual != shard.bytes:
+        return (f"is {actual} bytes, dataset.json says {shard.bytes} (truncated or replaced); "
+                "re-copy it or rerun prep")
+    if verify_sha256 and sha256_file(path) != shard.sha256:
+        return "fails its sha256 check against dataset.json (corrupt); re-copy it or rerun prep"
+    return None
+
+
+def verify_shards(manifest: Manifest, on_error: str = "skip", verify_sha256: bool = False, *,
+                  warn: bool = True) -> tuple[list[ShardInfo], list[tuple[str, str]]]:
+    """Check every shard against the manifest once, before training reads any of them.
+
+    Returns (good shards in manifest order, [(file, reason)] for the bad ones). With
+    on_error="raise" a bad shard raises DataError naming the file(s) and the sizes instead; with
+    "skip" the bad ones are named in one warning (if `warn`: callers on several ranks let only
+    one rank warn) and the caller reads the good ones only. Reading every byte for sha256 is
+    the expensive part, which is why it is optional (data.verify_sha256).
+    """
+    from .shard_format import DataError  # shard_format is the home of the data errors
+
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"data.on_error: got {on_error!r}, allowed: 'skip', 'raise'")
+    good, bad = [], []
+    for shard in manifest.shards:
+        problem = shard_problem(manifest, shard, verify_sha256)
+        if problem is None:
+            good.append(shard)
+        else:
+            bad.append((manifest.shard_path(shard), problem))
+    if not bad:
+        return good, bad
+    listing = "; ".join(f"{file} {why}" for file, why in bad)
+    if on_error == "raise":
+        raise DataError(f"{len(bad)} of {len(manifest.shards)} shard(s) do not match "
+                        f"{manifest.root / MANIFEST_NAME}: {listing} (data.on_error=raise)")
+    if not good:
+        raise DataError(f"every shard listed in {manifest.root / MANIFEST_NAME} is bad: {listing}")
+    if warn:
+        log.warning("data.on_error=skip: leaving out %d of %d shard(s) for the whole run "
+                    "(counted in data_errors): %s", len(bad), len(manifest.shards), listing)
+    return good, bad

@@ -3,9 +3,11 @@
 Per worker and per *segment* (an epoch in epoch mode, a round of resampled shards in resampled
 mode) the pipeline is
 
-    shard list -> split_by_rank -> split_by_worker_id -> shard checks (size, optional sha256)
-      -> tar reading (webdataset) -> sample validation (header only) -> shuffle buffer
+    shard list -> split_by_rank -> split_by_worker_id -> tar reading (webdataset) -> sample validation (header only) -> shuffle buffer
       -> [skip the first k*B samples on resume, undecoded] -> decode, flip, eps -> batches of B
+
+The shard list holds only shards that passed `verify_shards` (size, optional sha256) when the
+loader was built, so a bad shard is named once at start rather than at every draw.
 
 Everything random is seeded from (seed, segment, rank, worker[, batch]) so the stream is a pure
 function of (seed, rank, world size, number of workers). Noise and flips are drawn per *batch*
@@ -28,7 +30,6 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .manifest import sha256_file
 from .shard_format import DataError, check_sample, decode_array, decode_class, stored_shape
 
 log = logging.getLogger("dtr_scale.data")
@@ -39,9 +40,7 @@ _SHUFFLE_TAG, _NOISE_TAG, _SHARDS_TAG = 101, 202, 303  # keep the three random s
 @dataclass(frozen=True)
 class StreamSpec:
     """Everything a worker needs; plain data so it pickles into DataLoader workers."""
-    paths: tuple[str, ...]
-    sizes: tuple[int, ...]
-    sha256: tuple[str, ...]
+    paths: tuple[str, ...]         # the shards that passed verify_shards
     counts: tuple[int, ...]
     field: str
     latent_shape: tuple[int, int, int]
@@ -56,7 +55,6 @@ class StreamSpec:
     mode: str                 # "epoch" | "resampled"
     shuffle_buffer: int
     on_error: str             # "skip" | "raise"
-    verify_sha256: bool
     drop_last: bool
     random_flip: bool = True  # off for data whose mirror image is another thing (digits, text)
 
@@ -110,27 +108,6 @@ class _ErrorPolicy:
         return True
 
 
-def _check_shards(src, spec: StreamSpec, policy: _ErrorPolicy):
-    """Drop shards whose size (always) or sha256 (if asked) differs from the manifest."""
-    expected = {p: (b, h) for p, b, h in zip(spec.paths, spec.sizes, spec.sha256)}
-    for item in src:
-        url = item["url"]
-        size, digest = expected[url]
-        try:
-            actual = os.path.getsize(url)
-            if actual != size:
-                raise DataError(f"shard {url} is {actual} bytes, the manifest says {size} "
-                                "(truncated or replaced); re-copy it or rerun prep")
-            if spec.verify_sha256 and sha256_file(url) != digest:
-                raise DataError(f"shard {url} fails its sha256 check against dataset.json "
-                                "(corrupt); re-copy it or rerun prep")
-        except (OSError, DataError) as exc:
-            if policy(exc):
-                continue
-            return
-        yield item
-
-
 def _validate(src, spec: StreamSpec, policy: _ErrorPolicy):
     shape = stored_shape(spec.field, spec.latent_shape)
     for sample in src:
@@ -181,7 +158,6 @@ def segment_batches(spec: StreamSpec, worker: int, segment: int, skip: int,
     """(batch index within segment, x, y) for one segment, after skipping `skip` batches."""
     urls, splitters = _segment_shards(spec, worker, segment)
     stages = [wds.SimpleShardList(urls), *splitters,
-              functools.partial(_check_shards, spec=spec, policy=policy),
               wds.tarfile_to_samples(handler=policy),
               functools.partial(_validate, spec=spec, policy=policy)]
     if spec.shuffle_buffer > 1:
