@@ -89,10 +89,29 @@ def test_official_dtr_random_masks_adopted_and_used():
     assert torch.equal(again.router.masks, m.router.masks)
 
 
-def test_dtr_masks_into_plain_model_is_an_error():
+@pytest.mark.parametrize("routing", [None, RoutingConfig(1.0)], ids=["routing=None", "beta=1"])
+def test_all_ones_dtr_masks_load_into_a_plain_dit(routing):
+    """The reference code trained with sharing_ratio = 1.0 saves all-ones masks: a plain DiT."""
     sd = official_dit_state_dict()
-    sd["blocks.0.routing._unit_mapping"] = torch.ones(1000, C)
-    with pytest.raises(ValueError, match="routing"):
+    plain = load_pretrained(model(None), sd)
+    for i in range(DEPTH):
+        sd[f"blocks.{i}.routing._unit_mapping"] = torch.ones(1000, C)
+    m = load_pretrained(model(routing), sd)
+    assert m.router is None
+    assert torch.equal(m(*batch()), plain(*batch()))
+
+
+def test_routed_dtr_masks_into_plain_model_name_the_keys():
+    sd = official_dit_state_dict()
+    table = dtr_mask_table(1000, C, 0.8, 4.0).float()
+    for i in range(DEPTH):
+        sd[f"blocks.{i}.routing._unit_mapping"] = table.clone() if i in (1, 4) else torch.ones(1000, C)
+    with pytest.raises(ValueError, match=r"blocks\.1\.routing\._unit_mapping, blocks\.4\.routing\._unit_mapping "
+                                         r"are not all ones.*without routing"):
+        load_pretrained(model(None), sd)
+    sd = official_dit_state_dict()
+    sd[f"blocks.{DEPTH}.routing._unit_mapping"] = torch.ones(1000, C)  # a block the model lacks
+    with pytest.raises(ValueError, match=rf"blocks\.{DEPTH}\.routing\._unit_mapping"):
         load_pretrained(model(None), sd)
 
 

@@ -139,10 +139,8 @@ def load_pretrained(model: DiT, state_dict_or_path: Mapping[str, torch.Tensor] |
 def _apply_dtr_tables(model: DiT, tables: dict[int, torch.Tensor], source: str) -> None:
     """Verify official DTR `_unit_mapping` masks against the model's; adopt them if they differ."""
     if model.router is None:
-        raise ValueError(
-            f"{source}: checkpoint has DTR routing masks (blocks.N.routing._unit_mapping) but the "
-            "model was built without routing; pass routing=RoutingConfig(sharing_ratio=..., init=...)"
-        )
+        _accept_plain_dit_tables(model, tables, source)
+        return
     missing = [i for i in range(model.depth) if i not in tables]
     extra = [i for i in tables if i >= model.depth]
     if missing or extra:
@@ -162,6 +160,28 @@ def _apply_dtr_tables(model: DiT, tables: dict[int, torch.Tensor], source: str) 
         return
     log.warning("%s: DTR routing masks differ from the model's config; adopting the checkpoint's", source)
     model.router.adopt(stacked)
+
+
+def _accept_plain_dit_tables(model: DiT, tables: dict[int, torch.Tensor], source: str) -> None:
+    """A plain DiT (routing=None, β = 1) takes a DTR checkpoint only if its masks route nothing.
+
+    The reference code keeps its masks even at sharing_ratio = 1.0, where every mask is all ones:
+    such a checkpoint is a plain DiT, and the masks are dropped. Any zero in a mask means the
+    weights were trained routed, and running them unrouted would silently change the model.
+    """
+    def keys(blocks: list[int]) -> str:
+        return _short([f"blocks.{i}.routing._unit_mapping" for i in sorted(blocks)])
+
+    beyond = [i for i in tables if i >= model.depth]
+    if beyond:
+        raise ValueError(f"{source}: {keys(beyond)} name blocks the model (depth {model.depth}) does not have")
+    routed = [i for i, table in tables.items() if not bool((table != 0).all())]
+    if routed:
+        raise ValueError(
+            f"{source}: checkpoint routes channels ({keys(routed)} are not all ones) but the model was "
+            "built without routing; pass routing=RoutingConfig(sharing_ratio=..., init=...) matching it"
+        )
+    log.info("%s: DTR masks are all ones (sharing_ratio 1.0): loading as a plain DiT", source)
 
 
 def _short(items: list[str], limit: int = 8) -> str:
