@@ -14,6 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .deepspeed_ops import announce_cpu_op_build
 from .engine import Engine, StepResult
 from .ema import LocalEMA
 from .optim import build_optimizer, param_groups
@@ -78,6 +79,7 @@ class DeepSpeedEngine(Engine):
         else:
             optimizer = build_optimizer(groups, (t.beta1, t.beta2), device)
         self.config = deepspeed_config(cfg, env.world_size, device.type == "cuda")
+        announce_cpu_op_build(device, env.rank)  # initialize() may compile a C++ op silently
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=objective, optimizer=optimizer, config=self.config, dist_init_required=False
         )
