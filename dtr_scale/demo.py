@@ -4,11 +4,17 @@ The whole chain on the embedded digits (scikit-learn's 1797 handwritten 8×8 dig
 native size, pixel mode: no VAE, no download), on a laptop CPU, through the same commands a
 cluster run uses:
 
-    prep (pixel mode) → 2-process training (DeepSpeed ZeRO-2) → export → 2-process sampling with
-    CFG → pixel-space Fréchet distance against the training set
+    prep (pixel mode) → 2-process training (DDP; --engine deepspeed|fsdp for ZeRO-2|FSDP2) →
+    export → 2-process sampling with CFG → pixel-space Fréchet distance against the training set
 
 once with DTR (β = 0.8) and once for the plain-DiT baseline (β = 1.0) with equal steps. Writes
-`OUT/report.md`, `OUT/report.json`, sample grids (one row per class) and the loss curves.
+`OUT/report.md`, `OUT/report.json` (with every stage's seconds), sample grids (one row per class)
+and the loss curves.
+
+Sized to finish in about four minutes on 2 cores: training is ~85% of the time, so the
+choices that matter are the model's patch size (4: four tokens per digit), the number of steps
+(800 at a raised learning rate and a short EMA) and the engine (DDP starts faster than DeepSpeed
+and needs no one-time C++ build). Sampling (300 samples, DDIM 20) and the FD are a few seconds.
 """
 from __future__ import annotations
 
@@ -23,18 +29,20 @@ import time
 import numpy as np
 import yaml
 
-# A tiny routed DiT that learns the digits in a few minutes on 2 cores: 16 tokens of 2×2 pixels,
-# 6 blocks of width 128. No random flips: a mirrored digit is another glyph. Everything else is
-# the library's default path (learned variance, linear schedule, AdamW, EMA).
+# A tiny routed DiT that learns the digits in a few minutes on 2 cores: 4 tokens of 4×4 pixels
+# (patch 2 means 16 tokens and about 3× the compute per image), 6 blocks of width 128. With
+# LR 1.5e-3, a 40-step warm-up and EMA 0.99 the loss flattens by ~700 steps and the samples are
+# clear digits. No random flips: a mirrored digit is another glyph. Everything else is the
+# library's default path (learned variance, linear schedule, AdamW, EMA).
 DEMO_CONFIG = {
-    "model": {"name": "DiT-T/2", "routing": {"sharing_ratio": 0.8, "init": "dtr", "alpha": 4.0},
+    "model": {"name": "DiT-T/4", "routing": {"sharing_ratio": 0.8, "init": "dtr", "alpha": 4.0},
               "attention": "sdpa", "class_dropout_prob": 0.1},
     "diffusion": {"schedule": "linear", "loss_weighting": "constant"},
     "data": {"num_workers": 0, "mode": "resampled", "shuffle_buffer": 512, "random_flip": False},
-    "train": {"global_batch_size": 128, "max_steps": 1200, "lr": 1.0e-3, "ema_decay": 0.995,
-              "precision": "fp32", "log_every": 20, "seed": 0},
-    "parallel": {"engine": "deepspeed", "zero_stage": 2},
-    "checkpoint": {"every": 400, "keep": 1},
+    "train": {"global_batch_size": 128, "max_steps": 800, "lr": 1.5e-3, "warmup_steps": 40,
+              "ema_decay": 0.99, "precision": "fp32", "log_every": 20, "seed": 0},
+    "parallel": {"engine": "ddp", "zero_stage": 2},  # zero_stage: for --engine deepspeed
+    "checkpoint": {"every": 100000, "keep": 1},  # the last step always saves
 }
 VARIANTS = {"dtr": 0.8, "baseline": 1.0}  # β; 1.0 is plain DiT
 
@@ -104,9 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--steps", type=int, default=DEMO_CONFIG["train"]["max_steps"], help="training steps per variant")
     p.add_argument("--nproc", type=int, default=2, help="processes for training and sampling")
-    p.add_argument("--engine", default="deepspeed", choices=["deepspeed", "fsdp", "ddp"])
-    p.add_argument("--num-samples", type=int, default=500, help="samples per variant for the FD")
-    p.add_argument("--sampling-steps", default="ddim25")
+    p.add_argument("--engine", default=DEMO_CONFIG["parallel"]["engine"], choices=["deepspeed", "fsdp", "ddp"])
+    p.add_argument("--num-samples", type=int, default=300, help="samples per variant for the FD")
+    p.add_argument("--sampling-steps", default="ddim20")
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--fresh", action="store_true", help="delete OUT first (otherwise finished stages resume)")
     args = p.parse_args(argv)
