@@ -203,7 +203,8 @@ def write_markdown(s: dict, path: str) -> None:
             f"{fmt(v['pixel_fd'], '.2f')} | {fmt(v['precision'], '.3f')} | {fmt(v['recall'], '.3f')} | "
             f"{fmt(v['train_img_per_s'], '.0f')} | {v['train_seconds']:.0f} | {v['sample_seconds']:.0f} |"
         )
-    lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s.", "",
+    stages = ", ".join(f"{name} {sec:.0f}" for name, sec in s.get("stage_seconds", {}).items())
+    lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s (stages, s: {stages}).", "",
               "![DTR samples, one row per class](samples_dtr.png)", "",
               "![baseline samples, one row per class](samples_baseline.png)", "",
               "![loss curves](loss_curves.png)", ""]
