@@ -1,0 +1,179 @@
+"""`GlobalLoader` (`data.mode=global`): a world-size-invariant sample order read by random access.
+
+Each rank reads only its own samples of each global batch (see `global_order` for the order, the
+split and the per-sample seeds) through the tar index (`tar_index`): a positioned read of the
+sample's bytes, no streaming, no shuffle buffer. The stream never ends; `epoch` says where it is.
+
+Batches are `GlobalBatch(x, y, positions)`: the positions let the training objective draw each
+sample's timestep, noise and label dropout from its own seed.
+
+Workers: micro-batch k of this rank is one DataLoader item; workers take items in turn and the
+DataLoader hands them back in order, and an item is a pure function of k, so the stream is the
+same for any `num_workers`.
+
+Position and resume: `state_dict()` is the global position of the next optimizer step (plus the
+micro-batches of it already taken, normally 0), independent of world size, accumulation and
+workers, so a run resumes at the same global position on any cluster shape. Bad data is always an
+error here (skipping a sample would change the batch a step trains on); the message names the
+shard and key.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .global_order import LOAD_TAG, EpochOrder, derive_seed, micro_batch_positions
+from .manifest import check_data_path
+from .shard_format import check_sample, decode_array, decode_class, stored_shape
+from .tar_index import CLS_OFFSET, CLS_SIZE, DATA_OFFSET, DATA_SIZE, SHARD, TarIndex, build_index
+
+STATE_VERSION = 1
+
+
+class GlobalBatch(NamedTuple):
+    x: torch.Tensor          # (b, C, H, W) float32 latents, scaled
+    y: torch.Tensor          # (b,) long labels
+    positions: torch.Tensor  # (b,) long global positions (the per-sample seeds)
+
+
+class _MicroBatches(Dataset):
+    """Item k: this rank's k-th micro-batch (step k // A, micro-batch k % A)."""
+
+    def __init__(self, index: TarIndex, manifest, *, seed: int, random_flip: bool, global_batch: int,
+                 rank: int, world_size: int, grad_accum: int):
+        self.index, self.seed, self.random_flip = index, seed, random_flip
+        self.field, self.num_classes = manifest.field, manifest.num_classes
+        self.shape = stored_shape(manifest.field, manifest.latent_shape)
+        self.scale, self.shift = np.float32(manifest.scale_factor), np.float32(manifest.shift_factor)
+        self.layout = dict(global_batch=global_batch, rank=rank, world_size=world_size, grad_accum=grad_accum)
+        self.grad_accum = grad_accum
+        self.order = EpochOrder(len(index), seed)
+        self._fds: dict[int, int] = {}  # opened lazily, per process (workers are forked)
+        self._pid = -1
+
+    def _read(self, sample: int) -> tuple[bytes, bytes]:
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        row = self.index.table[sample]
+        shard = int(row[SHARD])
+        if shard not in self._fds:
+            self._fds[shard] = os.open(self.index.paths[shard], os.O_RDONLY)
+        # The class and array members are neighbours in the tar: one read covers both.
+        lo = int(min(row[DATA_OFFSET], row[CLS_OFFSET]))
+        hi = int(max(row[DATA_OFFSET] + row[DATA_SIZE], row[CLS_OFFSET] + row[CLS_SIZE]))
+        span = os.pread(self._fds[shard], hi - lo, lo)
+        data = span[row[DATA_OFFSET] - lo:row[DATA_OFFSET] - lo + row[DATA_SIZE]]
+        cls = span[row[CLS_OFFSET] - lo:row[CLS_OFFSET] - lo + row[CLS_SIZE]]
+        check_sample({"__key__": self.index.keys[sample], "__url__": self.index.paths[shard],
+                      self.field: data, "cls": cls}, self.field, self.shape, self.num_classes)
+        return data, cls
+
+    def _latent(self, data: bytes, position: int) -> np.ndarray:
+        rng = np.random.default_rng(derive_seed(self.seed, position, LOAD_TAG))
+        flip = int(rng.integers(0, 2)) if self.random_flip else 0
+        arr = decode_array(data)[flip].astype(np.float32)
+        if arr.ndim == 4:  # moments: (2 [mean, std], C, H, W)
+            arr = arr[0] + arr[1] * rng.standard_normal(arr.shape[1:], dtype=np.float32)
+        return (arr - self.shift) * self.scale if self.shift else arr * self.scale
+
+    def __getitem__(self, k: int) -> GlobalBatch:
+        positions = micro_batch_positions(k // self.grad_accum, k % self.grad_accum, **self.layout)
+        samples = self.order.samples(positions)
+        latents, labels = [], []
+        for p, s in zip(positions.tolist(), samples.tolist()):
+            data, cls = self._read(s)
+            latents.append(self._latent(data, p))
+            labels.append(decode_class(cls))
+        return GlobalBatch(torch.from_numpy(np.stack(latents)), torch.tensor(labels, dtype=torch.long),
+                           torch.from_numpy(positions))
+
+
+class GlobalLoader:
+    """Iterable of `GlobalBatch` micro-batches for one rank; never ends (see module docstring)."""
+
+    def __init__(self, path, global_batch_size: int, *, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
+                 num_workers: int = 0, seed: int = 0, random_flip: bool = True, prefetch_factor: int = 2,
+                 pin_memory: bool = False):
+        if global_batch_size <= 0 or global_batch_size % (world_size * grad_accum):
+            raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of "
+                             f"world size {world_size} x grad_accum {grad_accum}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.manifest = check_data_path(path)
+        self.index = build_index(self.manifest)
+        self.global_batch, self.world_size, self.grad_accum = global_batch_size, world_size, grad_accum
+        self.seed, self.num_workers = seed, num_workers
+        self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
+        self.dataset = _MicroBatches(self.index, self.manifest, seed=seed, random_flip=random_flip,
+                                     global_batch=global_batch_size, rank=rank, world_size=world_size,
+                                     grad_accum=grad_accum)
+        self._next = 0  # this rank's next micro-batch number
+
+    # -- facts about the data (the same as LatentLoader's) -------------------------------
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.manifest.latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def scale_factor(self) -> float:
+        return self.manifest.scale_factor
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.num_samples
+
+    @property
+    def data_errors(self) -> int:
+        return 0  # bad data raises in this mode
+
+    @property
+    def position(self) -> int:
+        """Global position of the next sample this rank's next step starts at (step · B)."""
+        return self._next // self.grad_accum * self.global_batch
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.num_samples
+
+    # -- position ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "mode": "global", "seed": self.seed,
+                "global_batch_size": self.global_batch, "num_samples": self.num_samples,
+                "position": self.position, "micro": self._next % self.grad_accum,
+                "world_size": self.world_size, "grad_accum": self.grad_accum}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mode") != "global" or state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state is mode {state.get('mode')!r} version {state.get('version')}; "
+                             f"data.mode=global needs a state saved in that mode (version {STATE_VERSION})")
+        for key, mine in (("seed", self.seed), ("global_batch_size", self.global_batch),
+                          ("num_samples", self.num_samples)):
+            if state[key] != mine:
+                raise ValueError(f"cannot continue the global sample order: saved {key}={state[key]!r}, "
+                                 f"this run has {mine!r}. Use the same {key} (data and train.seed), or "
+                                 "start the data order afresh (checkpoint.resume=none)")
+        if state["micro"] and (state["world_size"], state["grad_accum"]) != (self.world_size, self.grad_accum):
+            raise ValueError("the loader state was saved in the middle of an optimizer step; it resumes "
+                             "only on the same world size and train.grad_accum")
+        self._next = state["position"] // self.global_batch * self.grad_accum + state["micro"]
+
+    # -- iteration -----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[GlobalBatch]:
+        items = itertools.count(self._next)
+        if self.num_workers == 0:
+            source = map(self.dataset.__getitem__, items)
+        else:
+            source = iter(DataLoader(self.dataset, batch_size=None, sampler=items, num_workers=self.num_workers,
+                                     prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory))
+        for batch in source:
+            self._next += 1  # counted before it is handed out, like LatentLoader
+            yield batch
