@@ -56,7 +56,7 @@ class DataSection:
     path: str = ""
     num_workers: int = 2
     shuffle_buffer: int = 1000
-    mode: str = "resampled"  # epoch | resampled
+    mode: str = "resampled"  # epoch | resampled | global (world-size-invariant order)
     on_error: str = "skip"  # skip | raise
     verify_sha256: bool = False
     random_flip: bool = True  # use the stored horizontal flip half the time (off for digits/text)
@@ -124,7 +124,7 @@ CHOICES = {
     "model.attention": ATTENTION_BACKENDS,
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.loss_weighting": ("constant", "min_snr", "p2", "ant_uw"),
-    "data.mode": ("epoch", "resampled"),
+    "data.mode": ("epoch", "resampled", "global"),
     "data.on_error": ("skip", "raise"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "parallel.engine": ("single", "ddp", "fsdp", "deepspeed"),
@@ -294,6 +294,12 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
                 f"world size {world_size} × train.grad_accum {cfg.train.grad_accum} = {per_step}; "
                 f"use a multiple of {per_step}"
             )
+    if cfg.data.mode == "global" and cfg.diffusion.loss_weighting == "ant_uw":
+        # ANT-UW weighs per-cluster means of each rank's batch: not a sum of per-sample terms, so
+        # its loss (not just its timesteps) would change with the world size.
+        raise ConfigError("diffusion.loss_weighting=ant_uw cannot be used with data.mode=global: ANT-UW "
+                          "averages losses per timestep cluster within each rank's batch, which depends on "
+                          "the world size; use data.mode=resampled|epoch, or another diffusion.loss_weighting")
     if cfg.parallel.engine != "deepspeed" and cfg.parallel.offload:
         raise ConfigError("parallel.offload: CPU offload is a DeepSpeed feature; set parallel.engine=deepspeed")
     return cfg

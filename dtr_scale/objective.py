@@ -3,22 +3,30 @@
 Every engine wraps this single module, so ANT-UW's learned log-variances are reduced, sharded,
 checkpointed and optimized exactly like the DiT's weights, with no engine-specific code.
 `forward` returns the scalar loss to back-propagate and the per-sample losses for logging.
+
+`draw_inputs` turns a loader batch into the forward's inputs. The streaming modes' `(x, y)`
+batches get timesteps and noise from the rank's generators (label dropout is drawn inside the
+DiT); `data.mode=global`'s batches carry each sample's global position, and every draw for a
+sample comes from its own generator seeded by (seed, position), so it does not depend on which
+rank, micro-batch or world size the sample lands in.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .data.global_order import TRAIN_TAG, derive_seed
 from .diffusion import AntUncertaintyWeighting, create_diffusion, uniform_timesteps
 from .models import DiT, create_model
 
 
 class DiffusionObjective(nn.Module):
-    def __init__(self, dit: DiT, diffusion, weighting: AntUncertaintyWeighting | None = None):
+    def __init__(self, dit: DiT, diffusion, weighting: AntUncertaintyWeighting | None = None, seed: int = 0):
         super().__init__()
         self.dit = dit
         self.weighting = weighting
         self.diffusion = diffusion  # plain object: no parameters, not registered as a module
+        self.seed = seed  # for the per-sample draws of positioned (data.mode=global) batches
 
     def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """ANT-UW stratifies timesteps over its clusters; otherwise uniform (DiT)."""
@@ -26,8 +34,35 @@ class DiffusionObjective(nn.Module):
             return self.weighting.sample_timesteps(batch_size, generator=generator)
         return uniform_timesteps(batch_size, self.diffusion.num_timesteps, generator=generator)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor):
-        terms = self.diffusion.training_losses(self.dit, x, t, model_kwargs={"y": y}, noise=noise)
+    def draw_inputs(self, batch, gen_t: torch.Generator, gen_noise: torch.Generator, device: torch.device):
+        """(x, y, t, noise, drop) on `device` for one micro-batch; drop is None when the DiT draws it."""
+        positions = getattr(batch, "positions", None)
+        x, y = batch[0], batch[1]
+        if positions is None:
+            t = self.sample_timesteps(x.shape[0], gen_t)
+            noise = torch.randn(x.shape, generator=gen_noise)
+            drop = None
+        else:
+            t, noise, drop = self.positioned_draws(positions, x.shape[1:])
+        return tuple(v if v is None else v.to(device, non_blocking=True) for v in (x, y, t, noise, drop))
+
+    def positioned_draws(self, positions: torch.Tensor, sample_shape) -> tuple[torch.Tensor, ...]:
+        """Timestep, noise and label-dropout decision of each sample from its own generator."""
+        if self.weighting is not None:
+            raise ValueError("ANT-UW's stratified timesteps are per batch, not per sample (see config)")
+        p_drop = self.dit.y_embedder.dropout_prob
+        ts, noises, drops = [], [], []
+        for pos in positions.tolist():
+            g = torch.Generator().manual_seed(derive_seed(self.seed, pos, TRAIN_TAG))
+            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=g))
+            drops.append(torch.rand(1, generator=g) < p_drop)
+            noises.append(torch.randn(tuple(sample_shape), generator=g))
+        return torch.cat(ts), torch.stack(noises), torch.cat(drops)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+                drop: torch.Tensor | None = None):
+        kwargs = {"y": y} if drop is None else {"y": y, "force_drop": drop}
+        terms = self.diffusion.training_losses(self.dit, x, t, model_kwargs=kwargs, noise=noise)
         per_sample = terms["loss"]
         if self.weighting is not None:
             loss = self.weighting(per_sample, t)
@@ -59,4 +94,4 @@ def build_objective(cfg, dit: DiT) -> DiffusionObjective:
         p2_k=d.p2_k,
     )
     weighting = AntUncertaintyWeighting(d.steps, d.ant_clusters) if d.loss_weighting == "ant_uw" else None
-    return DiffusionObjective(dit, diffusion, weighting)
+    return DiffusionObjective(dit, diffusion, weighting, seed=cfg.train.seed)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from . import faults
 from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng_state
 from .config import Config, ConfigError, load_config, to_yaml, validate
-from .data import LatentLoader, check_data_path
+from .data import GlobalLoader, LatentLoader, check_data_path
 from .diffusion import timestep_cluster
 from .export import data_identity
 from .in_loop import InLoopMonitor
@@ -64,6 +64,19 @@ def build_model(cfg: Config, loader: LatentLoader):
     return dit_from_config(cfg)
 
 
+def build_loader(cfg: Config, env: DistEnv) -> LatentLoader | GlobalLoader:
+    """This rank's micro-batches: streamed (epoch | resampled) or by global position (global)."""
+    t, d = cfg.train, cfg.data
+    if d.mode == "global":
+        return GlobalLoader(d.path, t.global_batch_size, rank=env.rank, world_size=env.world_size,
+                            grad_accum=t.grad_accum, num_workers=d.num_workers, seed=t.seed,
+                            random_flip=d.random_flip)
+    return LatentLoader(d.path, t.global_batch_size // (env.world_size * t.grad_accum), rank=env.rank,
+                        world_size=env.world_size, num_workers=d.num_workers, seed=t.seed, mode=d.mode,
+                        shuffle_buffer=d.shuffle_buffer, on_error=d.on_error, verify_sha256=d.verify_sha256,
+                        random_flip=d.random_flip)
+
+
 def infinite(loader: LatentLoader):
     """Epoch mode ends each pass; training just starts the next one (the loader tracks epochs)."""
     while True:
@@ -97,7 +110,7 @@ class Trainer:
     cfg: Config
     env: DistEnv
     device: torch.device
-    loader: LatentLoader
+    loader: LatentLoader | GlobalLoader
     objective: torch.nn.Module
     engine: Engine
     gen_t: torch.Generator  # per-rank timestep stream
@@ -122,10 +135,7 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     device = local_device(env)
     t = cfg.train
     local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
-    loader = LatentLoader(cfg.data.path, local_batch, rank=env.rank, world_size=env.world_size,
-                          num_workers=cfg.data.num_workers, seed=t.seed, mode=cfg.data.mode,
-                          shuffle_buffer=cfg.data.shuffle_buffer, on_error=cfg.data.on_error,
-                          verify_sha256=cfg.data.verify_sha256, random_flip=cfg.data.random_flip)
+    loader = build_loader(cfg, env)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     dit = build_model(cfg, loader)
     objective = build_objective(cfg, dit).to(device)
@@ -167,12 +177,9 @@ def train_step(tr: Trainer, window: dict) -> None:
     t, device = tr.cfg.train, tr.device
     tr.engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
     for micro in range(t.grad_accum):
-        x, y = next(tr.batches)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        timesteps = tr.objective.sample_timesteps(x.shape[0], tr.gen_t).to(device)
-        noise = torch.randn(x.shape, generator=tr.gen_noise).to(device)
+        x, y, timesteps, noise, drop = tr.objective.draw_inputs(next(tr.batches), tr.gen_t, tr.gen_noise, device)
         with tr.engine.accumulate(sync=micro == t.grad_accum - 1):
-            loss, per_sample = tr.engine.module(x, timesteps, y, noise)
+            loss, per_sample = tr.engine.module(x, timesteps, y, noise, drop)
             tr.engine.backward(loss)
         window["loss"] += loss.detach().to(torch.float64)
         window["n"] += 1

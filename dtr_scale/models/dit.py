@@ -82,9 +82,14 @@ class LabelEmbedder(nn.Module):
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
 
-    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, train: bool, force_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """`force_drop` (N,) bool: the caller's dropout decisions (drawn per sample elsewhere, so
+        that they do not depend on which rank runs the sample); None: draw them here."""
         if train and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            if force_drop is None:
+                drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            else:
+                drop = force_drop.to(labels.device, torch.bool)
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return self.embedding_table(labels)
 
@@ -212,12 +217,14 @@ class DiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, h * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (also the task index); y: (N,) labels."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                force_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (also the task index); y: (N,) labels;
+        force_drop: optional (N,) bool label-dropout decisions for training (see LabelEmbedder)."""
         # Inputs follow the weights' dtype (bf16 under FSDP mixed precision or DeepSpeed bf16);
         # the output goes back to fp32 so that the loss and the sampler work in full precision.
         h = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype)) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop)
         masks = self.router(t, h.dtype) if self.router is not None else None  # (G, N, 1, C)
         for i, block in enumerate(self.blocks):
             mask = None if masks is None else masks[i if masks.shape[0] > 1 else 0]
