@@ -1,0 +1,145 @@
+"""`data.mode=global` trains the same weights on any cluster shape, and multi-node launches,
+simulated on this machine, match one node and never have two nodes write the same file.
+
+Baselines: 1 node x 2 processes (torchrun --standalone) for DDP and for DeepSpeed ZeRO-2. Against
+them: 1 process with grad_accum=2 (single engine), and three 2-node x 1-process launches that
+share one checkpoint directory: (a) torchrun --nnodes=2 started twice, (b) the deepspeed launcher
+with a 2-node hostfile and --no_ssh started twice, (c) launch/slurm/train.sbatch under the fake
+SLURM tools. Every node runs under strace (tests/file_writes.py) to list the files it writes.
+"""
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fake_slurm._common import kill_tree
+from fake_slurm.harness import fake_env, run
+from file_writes import strace_available, traced, written_files
+from launch_helpers import REPO, TINY_CONFIG, train
+from test_data_distributed import free_port
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+GLOBAL = ["data.mode=global", "train.max_steps=3", "checkpoint.every=3", "checkpoint.keep=1"]
+ZERO2 = ["parallel.engine=deepspeed", "parallel.zero_stage=2"]
+needs_strace = pytest.mark.skipif(not strace_available(), reason="needs strace to see which files each node writes")
+
+
+def train_args(data, run_dir, *extra):
+    return ["--config", TINY_CONFIG, f"data.path={data}", f"checkpoint.dir={run_dir}", "train.global_batch_size=8",
+            "train.log_every=1", "data.num_workers=0", *GLOBAL, *extra]
+
+
+def checkpoint_tensors(run_dir) -> dict:
+    """Every tensor of the final checkpoint's engine state (model, optimizer, EMA), by path."""
+    def flatten(obj, prefix):
+        if isinstance(obj, torch.Tensor):
+            yield prefix, obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from flatten(v, f"{prefix}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                yield from flatten(v, f"{prefix}/{i}")
+
+    engine = os.path.join(run_dir, "step_000000003", "engine")
+    out = {}
+    for path in sorted(glob.glob(os.path.join(engine, "**", "*.pt"), recursive=True)):
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        out.update(flatten(obj, os.path.relpath(path, engine)))
+    return out
+
+
+def assert_same_weights(run_dir, ref_dir, atol=1e-5):
+    a, b = checkpoint_tensors(run_dir), checkpoint_tensors(ref_dir)
+    assert a.keys() == b.keys() and len(a) > 10, (sorted(a)[:5], sorted(b)[:5])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+    assert any(not torch.equal(v, 0 * v) for v in a.values())
+
+
+def run_nodes(cmds, run_dir, trace_dir, timeout=600) -> list[set]:
+    """Start one traced launcher per node, wait for all; the files each node wrote in run_dir."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    logs = [os.path.join(trace_dir, f"node{i}.trace") for i in range(len(cmds))]
+    procs = [subprocess.Popen(traced(cmd, log), env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for cmd, log in zip(cmds, logs)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            kill_tree(p.pid, signal.SIGKILL)
+        raise AssertionError(f"node launches timed out after {timeout} s") from None
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, f"node {i} exited {p.returncode}\n{outs[i][-6000:]}"
+    return [written_files(log, run_dir) for log in logs]
+
+
+def assert_nodes_write_apart(per_node: list[set], run_dir):
+    assert not per_node[0] & per_node[1], sorted(per_node[0] & per_node[1])
+    names = [{os.path.basename(p) for p in files} for files in per_node]
+    assert "metrics.jsonl" in names[0] and "latest" in names[0]  # rank 0's files
+    assert any("rank00001" in n or "rank_1" in n or "rank1" in n for n in names[1]), sorted(names[1])
+    assert os.path.exists(os.path.join(run_dir, "step_000000003"))
+
+
+@pytest.fixture(scope="module")
+def baselines(digits_shards, tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_node")
+    runs = {"ddp": str(root / "ddp"), "zero2": str(root / "zero2")}
+    for name, flags in (("ddp", ["parallel.engine=ddp"]), ("zero2", ZERO2)):
+        train(digits_shards, runs[name], *GLOBAL, *flags, nproc=2)
+    return runs
+
+
+def test_one_process_with_accumulation_matches_two_ranks(baselines, digits_shards, tmp_path):
+    """single engine x 1 rank x grad_accum 2 (and a loader worker) == DDP x 2 ranks."""
+    run_dir = str(tmp_path / "single")
+    train(digits_shards, run_dir, *GLOBAL, "parallel.engine=single", "train.grad_accum=2",
+          "data.num_workers=1", nproc=1)
+    assert_same_weights(run_dir, baselines["ddp"])
+
+
+@needs_strace
+def test_torchrun_two_nodes(baselines, digits_shards, tmp_path):
+    run_dir, port = str(tmp_path / "run"), free_port()
+    cmds = [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={i}",
+             "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "dtr_scale.train",
+             *train_args(digits_shards, run_dir, "parallel.engine=ddp")] for i in range(2)]
+    per_node = run_nodes(cmds, run_dir, str(tmp_path))
+    assert_nodes_write_apart(per_node, run_dir)
+    assert_same_weights(run_dir, baselines["ddp"])
+
+
+@needs_strace
+def test_deepspeed_launcher_two_nodes_no_ssh(baselines, digits_shards, tmp_path):
+    run_dir, port = str(tmp_path / "run"), free_port()
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node01 slots=1\nnode02 slots=1\n")
+    cmds = [[sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_ssh",
+             f"--node_rank={i}", "--master_addr=127.0.0.1", f"--master_port={port}", "--module", "dtr_scale.train",
+             *train_args(digits_shards, run_dir, *ZERO2)] for i in range(2)]
+    per_node = run_nodes(cmds, run_dir, str(tmp_path))
+    assert_nodes_write_apart(per_node, run_dir)
+    assert_same_weights(run_dir, baselines["zero2"])
+
+
+@needs_strace
+def test_train_sbatch_two_fake_nodes(baselines, digits_shards, tmp_path):
+    run_dir, slurm, traces = str(tmp_path / "run"), tmp_path / "slurm", tmp_path / "traces"
+    traces.mkdir()
+    code, out = run([os.path.join(REPO, "launch", "submit.sh"), "launch/slurm/train.sbatch",
+                     *train_args(digits_shards, run_dir)],
+                    fake_env(slurm, ENGINE="ddp", FAKE_SRUN_TRACE_DIR=str(traces)), timeout=600)
+    assert code == 0, out[-6000:]
+    assert "[node 0 " in out and "[node 1 " in out
+    per_node = [written_files(str(traces / f"node{i}.task{i}.trace"), run_dir) for i in range(2)]
+    assert_nodes_write_apart(per_node, run_dir)
+    assert_same_weights(run_dir, baselines["ddp"])
