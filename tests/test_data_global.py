@@ -136,3 +136,17 @@ def test_training_draws_follow_the_position_not_the_batch():
     dit.train()
     assert dit(torch.randn(8, 1, 8, 8), t, y, force_drop=drop).shape == (8, 2, 8, 8)
     assert dit(torch.randn(8, 1, 8, 8), t, y).shape == (8, 2, 8, 8)  # model(x, t, y) still works
+
+
+def test_header_scan_reads_pax_long_names(tmp_path):
+    import io
+    import tarfile
+
+    path = tmp_path / "long.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [("d" * 120 + "/k1.cls", b"3"), ("k2.latent.npy", b"x" * 700), ("é/k3.cls", b"1")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    members = _scan_headers(str(path))
+    assert members == _tarfile_members(str(path)) and members[0][0].startswith("d" * 120)
