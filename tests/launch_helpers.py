@@ -31,3 +31,17 @@ def train(data, run_dir, *overrides, nproc=2, env=None, check=True, timeout=300)
 def metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def flatten(obj, prefix=""):
+    """(path, tensor) for every tensor in nested dicts/lists (checkpoint comparisons)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from flatten(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from flatten(v, f"{prefix}/{i}")

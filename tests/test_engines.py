@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dtr_scale.models import load_weights
-from launch_helpers import metrics, run_module, train
+from launch_helpers import flatten, metrics, run_module, train
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -32,17 +32,6 @@ def full_runs(digits_shards, tmp_path_factory):
         train(digits_shards, run_dir, *flags, *STEPS)
         runs[name] = run_dir
     return runs
-
-
-def flatten(obj, prefix=""):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from flatten(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from flatten(v, f"{prefix}/{i}")
 
 
 def engine_tensors(step_dir, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from fake_slurm._common import kill_tree
 from fake_slurm.harness import fake_env, run
 from file_writes import strace_available, traced, written_files
-from launch_helpers import REPO, TINY_CONFIG, train
+from launch_helpers import REPO, TINY_CONFIG, flatten, train
 from test_data_distributed import free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -36,16 +36,6 @@ def train_args(data, run_dir, *extra):
 
 def checkpoint_tensors(run_dir) -> dict:
     """Every tensor of the final checkpoint's engine state (model, optimizer, EMA), by path."""
-    def flatten(obj, prefix):
-        if isinstance(obj, torch.Tensor):
-            yield prefix, obj
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                yield from flatten(v, f"{prefix}/{k}")
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                yield from flatten(v, f"{prefix}/{i}")
-
     engine = os.path.join(run_dir, "step_000000003", "engine")
     out = {}
     for path in sorted(glob.glob(os.path.join(engine, "**", "*.pt"), recursive=True)):

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .global_order import LOAD_TAG, EpochOrder, derive_seed, micro_batch_positions
+from .loader import ManifestFacts
 from .manifest import check_data_path
 from .shard_format import check_sample, decode_array, decode_class, stored_shape
 from .tar_index import CLS_OFFSET, CLS_SIZE, DATA_OFFSET, DATA_SIZE, SHARD, TarIndex, build_index
@@ -93,7 +94,7 @@ class _MicroBatches(Dataset):
                            torch.from_numpy(positions))
 
 
-class GlobalLoader:
+class GlobalLoader(ManifestFacts):
     """Iterable of `GlobalBatch` micro-batches for one rank; never ends (see module docstring)."""
 
     def __init__(self, path, global_batch_size: int, *, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
@@ -114,23 +115,7 @@ class GlobalLoader:
                                      grad_accum=grad_accum)
         self._next = 0  # this rank's next micro-batch number
 
-    # -- facts about the data (the same as LatentLoader's) -------------------------------
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.manifest.latent_shape
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.num_classes
-
-    @property
-    def scale_factor(self) -> float:
-        return self.manifest.scale_factor
-
-    @property
-    def num_samples(self) -> int:
-        return self.manifest.num_samples
-
+    # -- position and errors (the data's facts come from ManifestFacts) -------------------
     @property
     def data_errors(self) -> int:
         return 0  # bad data raises in this mode

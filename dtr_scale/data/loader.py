@@ -53,7 +53,28 @@ class _WorkerStreams(IterableDataset):
         return worker_items(self.spec, worker, self.starts[worker])
 
 
-class LatentLoader:
+class ManifestFacts:
+    """What the training loop reads about the data, from `self.manifest` (both loaders)."""
+    manifest: Manifest
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.manifest.latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def scale_factor(self) -> float:
+        return self.manifest.scale_factor
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.num_samples
+
+
+class LatentLoader(ManifestFacts):
     """Iterable of `(x, y)`: x float32 (B, C, H, W) latents already scaled, y long (B,).
 
     In epoch mode each `iter()` yields (the rest of) one epoch, then advances to the next;
@@ -91,22 +112,6 @@ class LatentLoader:
         self._state = self._fresh_state(epoch=0)
 
     # -- facts about the data ------------------------------------------------------------
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.manifest.latent_shape
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.num_classes
-
-    @property
-    def scale_factor(self) -> float:
-        return self.manifest.scale_factor
-
-    @property
-    def num_samples(self) -> int:
-        return self.manifest.num_samples
-
     @property
     def data_errors(self) -> int:
         """Bad shards left out at start (rank 0 counts them) plus bad shards/samples skipped so
