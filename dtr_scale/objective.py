@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data.global_order import TRAIN_TAG, derive_seed
+from .data.global_order import TRAIN_TAG, sample_generator
 from .diffusion import AntUncertaintyWeighting, create_diffusion, uniform_timesteps
 from .models import DiT, create_model
 
@@ -53,7 +53,7 @@ class DiffusionObjective(nn.Module):
         p_drop = self.dit.y_embedder.dropout_prob
         ts, noises, drops = [], [], []
         for pos in positions.tolist():
-            g = torch.Generator().manual_seed(derive_seed(self.seed, pos, TRAIN_TAG))
+            g = sample_generator(self.seed, pos, TRAIN_TAG)
             ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=g))
             drops.append(torch.rand(1, generator=g) < p_drop)
             noises.append(torch.randn(tuple(sample_shape), generator=g))

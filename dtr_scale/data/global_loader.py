@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .global_order import LOAD_TAG, EpochOrder, derive_seed, micro_batch_positions
+from .global_order import LOAD_TAG, EpochOrder, micro_batch_positions, sample_generator
 from .loader import ManifestFacts
 from .manifest import check_data_path
 from .shard_format import check_sample, decode_array, decode_class, stored_shape
@@ -75,11 +75,11 @@ class _MicroBatches(Dataset):
         return data, cls
 
     def _latent(self, data: bytes, position: int) -> np.ndarray:
-        rng = np.random.default_rng(derive_seed(self.seed, position, LOAD_TAG))
-        flip = int(rng.integers(0, 2)) if self.random_flip else 0
+        g = sample_generator(self.seed, position, LOAD_TAG)
+        flip = int(torch.randint(0, 2, (1,), generator=g)) if self.random_flip else 0
         arr = decode_array(data)[flip].astype(np.float32)
         if arr.ndim == 4:  # moments: (2 [mean, std], C, H, W)
-            arr = arr[0] + arr[1] * rng.standard_normal(arr.shape[1:], dtype=np.float32)
+            arr = arr[0] + arr[1] * torch.randn(arr.shape[1:], generator=g).numpy()
         return (arr - self.shift) * self.scale if self.shift else arr * self.scale
 
     def __getitem__(self, k: int) -> GlobalBatch:
