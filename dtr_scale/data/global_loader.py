@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .global_order import LOAD_TAG, EpochOrder, micro_batch_positions, sample_generator
 from .loader import ManifestFacts
-from .manifest import check_data_path
+from .manifest import check_data_path, verify_shards
 from .shard_format import check_sample, decode_array, decode_class, stored_shape
 from .tar_index import CLS_OFFSET, CLS_SIZE, DATA_OFFSET, DATA_SIZE, SHARD, TarIndex, build_index
 
@@ -98,14 +98,17 @@ class GlobalLoader(ManifestFacts):
     """Iterable of `GlobalBatch` micro-batches for one rank; never ends (see module docstring)."""
 
     def __init__(self, path, global_batch_size: int, *, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
-                 num_workers: int = 0, seed: int = 0, random_flip: bool = True, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+                 num_workers: int = 0, seed: int = 0, random_flip: bool = True, verify_sha256: bool = False,
+                 prefetch_factor: int = 2, pin_memory: bool = False):
         if global_batch_size <= 0 or global_batch_size % (world_size * grad_accum):
             raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of "
                              f"world size {world_size} x grad_accum {grad_accum}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.manifest = check_data_path(path)
+        # A bad shard always stops the run here: leaving it out would change N, the order and
+        # what every later step trains on (data.on_error=skip does not apply in this mode).
+        verify_shards(self.manifest, "raise", verify_sha256)
         self.index = build_index(self.manifest)
         self.global_batch, self.world_size, self.grad_accum = global_batch_size, world_size, grad_accum
         self.seed, self.num_workers = seed, num_workers
