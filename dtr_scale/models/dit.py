@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .routing import RoutingConfig, TaskRouter
+from .routing import TIME_INPUTS, RoutingConfig, TaskRouter, task_index_from_continuous
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -154,8 +154,15 @@ class DiT(nn.Module):
         routing: RoutingConfig | None = None,
         attention: str = "auto",
         checkpointing: float = 0.0,
+        time_input: str = "discrete",
     ):
         super().__init__()
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input={time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
+        # "discrete": t is a DDPM timestep 0..T-1 and is its own task index. "continuous": t is
+        # flow time in [0, 1] (SiT: t = 1 is data), fed unscaled to the timestep embedder as SiT
+        # does; the router maps it to task round((1 - t)(T - 1)).
+        self.time_input = time_input
         if not 0.0 <= checkpointing <= 1.0:
             raise ValueError(f"model.checkpointing must be a fraction in [0, 1], got {checkpointing!r}")
         self.learn_sigma = learn_sigma
@@ -219,13 +226,14 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
                 force_drop: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (also the task index); y: (N,) labels;
-        force_drop: optional (N,) bool label-dropout decisions for training (see LabelEmbedder)."""
+        """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (the task index), or flow
+        time in [0, 1] with time_input="continuous"; y: (N,) labels; force_drop: optional (N,)
+        bool label-dropout decisions for training (see LabelEmbedder)."""
         # Inputs follow the weights' dtype (bf16 under FSDP mixed precision or DeepSpeed bf16);
         # the output goes back to fp32 so that the loss and the sampler work in full precision.
         h = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype)) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop)
-        masks = self.router(t, h.dtype) if self.router is not None else None  # (G, N, 1, C)
+        masks = self.router(self.task_index(t), h.dtype) if self.router is not None else None  # (G, N, 1, C)
         for i, block in enumerate(self.blocks):
             mask = None if masks is None else masks[i if masks.shape[0] > 1 else 0]
             if i < self.num_checkpointed and torch.is_grad_enabled():
@@ -233,6 +241,12 @@ class DiT(nn.Module):
             else:
                 h = block(h, c, mask)
         return self.unpatchify(self.final_layer(h, c)).float()
+
+    def task_index(self, t: torch.Tensor) -> torch.Tensor:
+        """The DTR task of each sample's time (see `time_input`)."""
+        if self.time_input == "continuous":
+            return task_index_from_continuous(t, self.router.config.num_tasks if self.router else 1000)
+        return t
 
     def forward_with_cfg(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float, cfg_channels: int | None = None
@@ -303,6 +317,7 @@ def create_model(
     routing: RoutingConfig | None = None,
     attention: str = "auto",
     checkpointing: float = 0.0,
+    time_input: str = "discrete",
 ) -> DiT:
     depth, hidden, heads, patch = parse_model_name(name)
     return DiT(
@@ -318,4 +333,5 @@ def create_model(
         routing=routing,
         attention=attention,
         checkpointing=checkpointing,
+        time_input=time_input,
     )

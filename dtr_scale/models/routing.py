@@ -95,11 +95,16 @@ def random_mask_tables(
 
 
 def task_index_from_continuous(t: torch.Tensor, num_tasks: int = 1000) -> torch.Tensor:
-    """Map continuous time t ∈ [0, 1] (flow matching; t = 1 is pure noise) to a task index.
+    """Task index of continuous time t ∈ [0, 1] (flow matching; t = 0 is pure noise, t = 1 data).
 
-    round(t·(T-1)), so task T-1 is pure noise, matching the discrete orientation (t = 999 noisiest).
+    task(t) = round((1 − t)·(T − 1)) with torch.round (half to even), so the noisiest time gets
+    the last task exactly as DDPM's t = T−1 does: t = 0 → T−1, t = 1 → 0, and with T = 1000
+    t = 0.5 → round(499.5) = 500.
     """
-    return torch.round(t.clamp(0, 1) * (num_tasks - 1)).long()
+    return torch.round((1 - t.float().clamp(0, 1)) * (num_tasks - 1)).long()
+
+
+TIME_INPUTS = ("discrete", "continuous")
 
 
 class TaskRouter(nn.Module):
