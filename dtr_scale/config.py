@@ -40,7 +40,22 @@ class ModelSection:
 
 
 @dataclass
+class FlowSection:
+    """Flow matching (SiT's transport); only with diffusion.objective=flow."""
+    path: str = "Linear"  # Linear | GVP | VP
+    prediction: str = "velocity"  # velocity | noise | score
+    loss_weight: Optional[str] = None  # None | velocity | likelihood (noise/score models only)
+    train_eps: Optional[float] = None  # None = SiT's choice per path and prediction
+    sample_eps: Optional[float] = None
+    time_sampling: str = "uniform"  # uniform (SiT) | logit_normal (SD3): t = sigmoid(N(mean, std²))
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+@dataclass
 class DiffusionSection:
+    objective: str = "ddpm"  # ddpm (DiT/ADM) | flow (SiT)
+    flow: Optional[FlowSection] = None  # settings of objective=flow (defaults filled in)
     schedule: str = "linear"  # linear (DiT) | cosine (ANT)
     steps: int = 1000
     loss_weighting: str = "constant"  # constant | min_snr | p2 | ant_uw
@@ -124,6 +139,7 @@ CHOICES = {
     "model.attention": ATTENTION_BACKENDS,
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.loss_weighting": ("constant", "min_snr", "p2", "ant_uw"),
+    "diffusion.objective": ("ddpm", "flow"),
     "data.mode": ("epoch", "resampled", "global"),
     "data.on_error": ("skip", "raise"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -272,8 +288,41 @@ def _get(cfg: Config, key: str) -> Any:
     return node
 
 
+def validate_flow(cfg: Config) -> None:
+    """objective=flow fills in the flow defaults; flow settings without it are a mistake."""
+    from .flow import PATHS, PREDICTIONS
+
+    d = cfg.diffusion
+    if d.objective != "flow":
+        if d.flow is not None:
+            raise ConfigError("diffusion.flow: flow settings given but diffusion.objective="
+                              f"{d.objective!r}; set diffusion.objective=flow or remove diffusion.flow")
+        return
+    d.flow = d.flow or FlowSection()
+    f = d.flow
+    allowed = {"diffusion.flow.path": (f.path, PATHS), "diffusion.flow.prediction": (f.prediction, PREDICTIONS),
+               "diffusion.flow.loss_weight": (f.loss_weight, (None, "velocity", "likelihood")),
+               "diffusion.flow.time_sampling": (f.time_sampling, ("uniform", "logit_normal"))}
+    for key, (value, options) in allowed.items():
+        if value not in options:
+            raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(map(str, options))}")
+    for key, value in (("train_eps", f.train_eps), ("sample_eps", f.sample_eps)):
+        if value is not None and not 0.0 <= value < 0.5:
+            raise ConfigError(f"diffusion.flow.{key}: got {value!r}; must be in [0, 0.5) or null (SiT's default)")
+    if f.logit_std <= 0:
+        raise ConfigError(f"diffusion.flow.logit_std: got {f.logit_std!r}; must be > 0")
+    if d.loss_weighting != "constant":
+        raise ConfigError(f"diffusion.loss_weighting: got {d.loss_weighting!r} with objective=flow; flow weights "
+                          "its loss with diffusion.flow.loss_weight (set diffusion.loss_weighting=constant)")
+    for key in ("train.sample_every", "eval.every"):
+        if _get(cfg, key):
+            raise ConfigError(f"{key}: got {_get(cfg, key)!r} with objective=flow; in-loop sampling of flow "
+                              "runs is not supported yet: set it to 0")
+
+
 def validate(cfg: Config, world_size: int | None = None) -> Config:
     """Range and choice checks; with `world_size`, also the batch split across ranks."""
+    validate_flow(cfg)
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:

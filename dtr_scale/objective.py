@@ -16,23 +16,20 @@ import torch
 from torch import nn
 
 from .data.global_order import TRAIN_TAG, sample_generator
-from .diffusion import AntUncertaintyWeighting, create_diffusion, uniform_timesteps
+from .diffusion import AntUncertaintyWeighting, create_diffusion, timestep_cluster, uniform_timesteps
+from .flow import create_transport
 from .models import DiT, create_model
+from .models.routing import task_index_from_continuous
 
 
-class DiffusionObjective(nn.Module):
-    def __init__(self, dit: DiT, diffusion, weighting: AntUncertaintyWeighting | None = None, seed: int = 0):
-        super().__init__()
-        self.dit = dit
-        self.weighting = weighting
-        self.diffusion = diffusion  # plain object: no parameters, not registered as a module
-        self.seed = seed  # for the per-sample draws of positioned (data.mode=global) batches
+class Objective(nn.Module):
+    """What the training loop calls, whichever objective trains the DiT: `draw_inputs`, then
+    `forward(x, t, y, noise, drop)` → (loss, per-sample losses), and `timestep_clusters` for
+    logging. Subclasses set `dit`, `weighting` (learned loss weights or None) and `seed`, and
+    define `sample_timesteps`."""
 
     def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """ANT-UW stratifies timesteps over its clusters; otherwise uniform (DiT)."""
-        if self.weighting is not None:
-            return self.weighting.sample_timesteps(batch_size, generator=generator)
-        return uniform_timesteps(batch_size, self.diffusion.num_timesteps, generator=generator)
+        raise NotImplementedError
 
     def draw_inputs(self, batch, gen_t: torch.Generator, gen_noise: torch.Generator, device: torch.device):
         """(x, y, t, noise, drop) on `device` for one micro-batch; drop is None when the DiT draws it."""
@@ -54,10 +51,25 @@ class DiffusionObjective(nn.Module):
         ts, noises, drops = [], [], []
         for pos in positions.tolist():
             g = sample_generator(self.seed, pos, TRAIN_TAG)
-            ts.append(torch.randint(0, self.diffusion.num_timesteps, (1,), generator=g))
+            ts.append(self.sample_timesteps(1, g))
             drops.append(torch.rand(1, generator=g) < p_drop)
             noises.append(torch.randn(tuple(sample_shape), generator=g))
         return torch.cat(ts), torch.stack(noises), torch.cat(drops)
+
+
+class DiffusionObjective(Objective):
+    def __init__(self, dit: DiT, diffusion, weighting: AntUncertaintyWeighting | None = None, seed: int = 0):
+        super().__init__()
+        self.dit = dit
+        self.weighting = weighting
+        self.diffusion = diffusion  # plain object: no parameters, not registered as a module
+        self.seed = seed  # for the per-sample draws of positioned (data.mode=global) batches
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """ANT-UW stratifies timesteps over its clusters; otherwise uniform (DiT)."""
+        if self.weighting is not None:
+            return self.weighting.sample_timesteps(batch_size, generator=generator)
+        return uniform_timesteps(batch_size, self.diffusion.num_timesteps, generator=generator)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
                 drop: torch.Tensor | None = None):
@@ -70,6 +82,44 @@ class DiffusionObjective(nn.Module):
             loss = per_sample.mean()
         return loss, per_sample.detach()
 
+    def timestep_clusters(self, t: torch.Tensor, num_clusters: int) -> torch.Tensor:
+        """Logging bins: floor(t·K/T), bin 0 the least noisy."""
+        return timestep_cluster(t, self.diffusion.num_timesteps, num_clusters)
+
+
+class FlowObjective(Objective):
+    """Flow matching (SiT's transport) behind the same interface: timesteps are float t in
+    [0, 1] (t = 0 noise), drawn from the loop's generator; `noise` is x0."""
+
+    def __init__(self, dit: DiT, transport, time_sampling: str = "uniform", logit_mean: float = 0.0,
+                 logit_std: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.dit = dit
+        self.weighting = None  # engines look for learned loss weights (ANT-UW); flow has none
+        self.seed = seed  # for the per-sample draws of positioned (data.mode=global) batches
+        self.transport = transport  # plain object: no parameters
+        self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """uniform (SiT) or logit-normal (SD3: sigmoid of N(mean, std²)), mapped into the
+        transport's training interval [t0, t1]."""
+        t0, t1 = self.transport.interval()
+        if self.time_sampling == "logit_normal":
+            u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch_size, generator=generator))
+        else:
+            u = torch.rand(batch_size, generator=generator)
+        return u * (t1 - t0) + t0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+                drop: torch.Tensor | None = None):
+        kwargs = {"y": y} if drop is None else {"y": y, "force_drop": drop}
+        per_sample = self.transport.training_losses(self.dit, x, model_kwargs=kwargs, t=t, x0=noise)["loss"]
+        return per_sample.mean(), per_sample.detach()
+
+    def timestep_clusters(self, t: torch.Tensor, num_clusters: int) -> torch.Tensor:
+        """Bins of the DTR task round((1 - t)(T - 1)), so bin 0 is the least noisy as for DDPM."""
+        return timestep_cluster(task_index_from_continuous(t, 1000), 1000, num_clusters)
+
 
 def dit_from_config(cfg, **overrides) -> DiT:
     """The DiT that `cfg.model` describes (shape fields filled in); `overrides` replace
@@ -77,12 +127,17 @@ def dit_from_config(cfg, **overrides) -> DiT:
     m = cfg.model
     kwargs = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
                   learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob,
-                  routing=m.routing, attention=m.attention, checkpointing=m.checkpointing)
+                  routing=m.routing, attention=m.attention, checkpointing=m.checkpointing,
+                  time_input="continuous" if cfg.diffusion.objective == "flow" else "discrete")
     return create_model(m.name, **{**kwargs, **overrides})
 
 
-def build_objective(cfg, dit: DiT) -> DiffusionObjective:
+def build_objective(cfg, dit: DiT) -> DiffusionObjective | FlowObjective:
     d = cfg.diffusion
+    if d.objective == "flow":
+        f = d.flow
+        transport = create_transport(f.path, f.prediction, f.loss_weight, f.train_eps, f.sample_eps)
+        return FlowObjective(dit, transport, f.time_sampling, f.logit_mean, f.logit_std, seed=cfg.train.seed)
     diffusion = create_diffusion(
         timestep_respacing="",
         noise_schedule=d.schedule,

@@ -23,7 +23,6 @@ from . import faults
 from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng_state
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
-from .diffusion import timestep_cluster
 from .export import data_identity
 from .in_loop import InLoopMonitor
 from .metrics import MetricsLogger
@@ -96,9 +95,10 @@ def new_window(device: torch.device) -> dict:
             "time": 0.0, "steps": 0, "applied": 0, "grad_norm": 0.0, "ema_time": 0.0}
 
 
-def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, steps: int) -> None:
-    """Add [sum of losses, count] per timestep cluster into the (2, K) float64 `clusters`."""
-    k = timestep_cluster(t, steps, NUM_LOG_CLUSTERS).to(clusters.device)
+def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, objective) -> None:
+    """Add [sum of losses, count] per timestep cluster into the (2, K) float64 `clusters`
+    (the objective bins its own time: DDPM steps or flow t, bin 0 the least noisy)."""
+    k = objective.timestep_clusters(t, NUM_LOG_CLUSTERS).to(clusters.device)
     clusters[0].index_add_(0, k, per_sample.detach().to(torch.float64))
     clusters[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
 
@@ -183,7 +183,7 @@ def train_step(tr: Trainer, window: dict) -> None:
             tr.engine.backward(loss)
         window["loss"] += loss.detach().to(torch.float64)
         window["n"] += 1
-        add_cluster_sums(window["clusters"], per_sample, timesteps, tr.cfg.diffusion.steps)
+        add_cluster_sums(window["clusters"], per_sample, timesteps, tr.objective)
     result = tr.engine.step()
     if result.applied:
         tr.consecutive_bad = 0

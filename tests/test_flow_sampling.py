@@ -85,8 +85,8 @@ def test_dopri5_agrees_with_many_euler_steps_on_a_tiny_dit():
     z, y = torch.randn(2, 2, 8, 8), torch.tensor([0, 3])
     sampler = Sampler(create_transport())
     with torch.no_grad():
-        fine = sampler.sample_ode(sampling_method="dopri5", atol=1e-7, rtol=1e-6)(z, model, y=y)[-1]
-        euler = sampler.sample_ode(sampling_method="euler", num_steps=401)(z, model, y=y)[-1]
+        fine = sampler.sample_ode(sampling_method="dopri5", atol=1e-6, rtol=1e-5)(z, model, y=y)[-1]
+        euler = sampler.sample_ode(sampling_method="euler", num_steps=201)(z, model, y=y)[-1]
         coarse = sampler.sample_ode(sampling_method="euler", num_steps=11)(z, model, y=y)[-1]
     err_fine, err_coarse = (euler - fine).abs().max().item(), (coarse - fine).abs().max().item()
     assert (fine - z).abs().max() > 0.05  # the model does move the state
@@ -106,7 +106,7 @@ def test_continuous_time_task_index_and_masks():
     t = torch.tensor([0.0, 0.5, 1.0])
     assert task_index_from_continuous(t, 1000).tolist() == [999, 500, 0]
     model = create_model("DiT-T/2", input_size=8, in_channels=2, num_classes=4,
-                         routing=RoutingConfig(sharing_ratio=0.6), time_input="continuous")
+                         routing=RoutingConfig(sharing_ratio=0.6), time_input="continuous").eval()
     masks = model.router(model.task_index(t), torch.float32)[0, :, 0]
     table = model.router.masks[0].float()
     for row, task in zip(masks, (999, 500, 0)):
