@@ -7,7 +7,7 @@ import torch
 
 from dtr_scale.config import ConfigError, load_config
 from dtr_scale.objective import FlowObjective, build_objective, dit_from_config
-from dtr_scale.parallel.engine import build_engine
+from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.process_group import DistEnv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
