@@ -37,6 +37,7 @@ class ModelSection:
     routing: RoutingConfig = field(default_factory=RoutingConfig)  # β, init, α, tasks, seed (checks its own ranges)
     attention: str = "auto"  # auto | xformers | sdpa | math
     checkpointing: float = 0.0  # fraction of blocks with activation checkpointing
+    compile: str = "auto"  # torch.compile each DiT block: true | false | auto (= on CUDA only)
 
 
 @dataclass
@@ -144,6 +145,7 @@ CHOICES = {
     "data.on_error": ("skip", "raise"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "parallel.engine": ("single", "ddp", "fsdp", "deepspeed"),
+    "model.compile": ("auto", "true", "false"),
     "parallel.zero_stage": (1, 2, 3),
     "eval.extractor": ("pixels", "inception"),
 }
@@ -194,6 +196,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got boolean {value!r}")
+    if tp is str and isinstance(value, bool):
+        return "true" if value else "false"  # e.g. model.compile: true (a YAML boolean)
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. eval.sampling_steps: 250
     if not isinstance(value, tp):

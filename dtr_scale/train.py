@@ -31,6 +31,7 @@ from .objective import build_objective, dit_from_config
 from .parallel.engine import Engine
 from .parallel.factory import build_engine
 from .parallel.optim import lr_factor
+from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
@@ -249,6 +250,7 @@ def run(cfg: Config, env: DistEnv) -> int:
     logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, tr.step)
     monitor = InLoopMonitor(cfg, env, tr.device, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
+    compile_watch = CompileWatch(compile_wanted(cfg.model.compile, tr.device))  # its cost shows in the next log line
     window = new_window(tr.device)
     while tr.step < t.max_steps:
         tic = time.perf_counter()
@@ -257,7 +259,7 @@ def run(cfg: Config, env: DistEnv) -> int:
         window["steps"] += 1
         logger.advance()
         if tr.step % t.log_every == 0 or tr.step == t.max_steps:
-            logger.log(tr.step, window_metrics(tr, window))
+            logger.log(tr.step, {**window_metrics(tr, window), **compile_watch.report()})
             window = new_window(tr.device)
         in_loop = monitor.maybe_run(tr.step, tr.engine)  # sample grids / FID of the EMA, when due
         if in_loop:

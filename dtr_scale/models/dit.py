@@ -115,8 +115,17 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        # Recompute this block's activations in backward (memory for compute); set from outside
+        # (`DiT.set_checkpointing`). The checkpoint call sits inside `forward` so that a compiled
+        # block compiles it too, and parameter names stay the official ones (no wrapper module).
+        self.checkpoint_activations = False
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, c, mask, use_reentrant=False)
+        return self._forward(x, c, mask)
+
+    def _forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         r = x if mask is None else x * mask
         # LayerNorm sees all C channels (the zeros included) and the branch outputs are not
@@ -174,8 +183,6 @@ class DiT(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.depth = depth
-        # Blocks [0, n) recompute their activations in backward: memory for compute.
-        self.num_checkpointed = int(round(checkpointing * depth))
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -190,7 +197,15 @@ class DiT(nn.Module):
         # β = 1 is plain DiT: no router, no buffers, no per-block multiply.
         self.routing = routing if routing is not None and not routing.is_identity else None
         self.router = TaskRouter(self.routing, hidden_size, depth) if self.routing else None
+        self.dynamic_batch = False  # set by `parallelize.apply_compile`
+        self.set_checkpointing(checkpointing)
         self.initialize_weights()
+
+    def set_checkpointing(self, fraction: float) -> None:
+        """Blocks [0, round(fraction · depth)) recompute their activations in backward."""
+        self.num_checkpointed = int(round(fraction * self.depth))
+        for i, block in enumerate(self.blocks):
+            block.checkpoint_activations = i < self.num_checkpointed
 
     def initialize_weights(self) -> None:
         def _basic_init(module: nn.Module) -> None:
@@ -236,10 +251,9 @@ class DiT(nn.Module):
         masks = self.router(self.task_index(t), h.dtype) if self.router is not None else None  # (G, N, 1, C)
         for i, block in enumerate(self.blocks):
             mask = None if masks is None else masks[i if masks.shape[0] > 1 else 0]
-            if i < self.num_checkpointed and torch.is_grad_enabled():
-                h = checkpoint(block, h, c, mask, use_reentrant=False)
-            else:
-                h = block(h, c, mask)
+            if self.dynamic_batch:  # compiled blocks: one graph for every batch size
+                mark_batch_dynamic(h, c, mask)
+            h = block(h, c, mask)
         return self.unpatchify(self.final_layer(h, c)).float()
 
     def task_index(self, t: torch.Tensor) -> torch.Tensor:
@@ -263,6 +277,14 @@ class DiT(nn.Module):
         cond, uncond = eps.chunk(2, dim=0)
         guided = uncond + cfg_scale * (cond - uncond)
         return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
+
+
+def mark_batch_dynamic(*tensors: torch.Tensor | None) -> None:
+    """Tell torch.compile that dim 0 varies (last partial batch, CFG doubling, per-rank splits),
+    so that a compiled block is traced once with a symbolic batch instead of once per size."""
+    for tensor in tensors:
+        if tensor is not None:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
 
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from .deepspeed_ops import announce_cpu_op_build
 from .engine import Engine, StepResult
 from .ema import LocalEMA
 from .optim import build_optimizer, param_groups
+from .parallelize import parallelize
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -71,6 +72,7 @@ class DeepSpeedEngine(Engine):
         self.stage = cfg.parallel.zero_stage
         self.accum = t.grad_accum
         self.micro = 0
+        parallelize(objective, cfg, device)
         groups = param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr)
         if device.type == "cuda" and not cfg.parallel.offload:
             from deepspeed.ops.adam import FusedAdam

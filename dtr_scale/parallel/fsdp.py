@@ -1,4 +1,4 @@
-"""FSDP2 engine: `fully_shard` per DiT block, then the root; checkpoints through DCP.
+"""FSDP2 engine: `fully_shard` per DiT block, then the root (parallelize.py); checkpoints through DCP.
 
 Parameters, gradients and optimizer state are sharded over the ranks (dim-0 DTensor shards), and
 so is the EMA: it averages each rank's local shard. bf16 runs with MixedPrecisionPolicy
@@ -17,12 +17,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
 from .engine import Engine, StepResult
 from .ema import LocalEMA
 from .optim import build_optimizer, clip_and_step, param_groups
+from .parallelize import parallelize
 
 
 class FSDPEngine(Engine):
@@ -42,10 +43,7 @@ class FSDPEngine(Engine):
             # (noise, x_t, targets) at the root stays fp32.
             cast_forward_inputs=False,
         )
-        for block in objective.dit.blocks:
-            fully_shard(block, mesh=self.mesh, mp_policy=mp)
-        fully_shard(objective, mesh=self.mesh, mp_policy=mp)
-        self.module = objective
+        self.module = parallelize(objective, cfg, device, mesh=self.mesh, mp_policy=mp)
         self.optimizer = build_optimizer(
             param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr), (t.beta1, t.beta2), device
         )

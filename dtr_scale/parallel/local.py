@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .engine import Engine, StepResult
 from .ema import LocalEMA
 from .optim import build_optimizer, clip_and_step, param_groups
+from .parallelize import parallelize
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,6 +44,7 @@ class SingleEngine(Engine):
         super().__init__(objective, cfg, env, device)
         t = cfg.train
         self.accum = t.grad_accum
+        parallelize(objective, cfg, device)
         self.optimizer = build_optimizer(
             param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr), (t.beta1, t.beta2), device
         )

@@ -38,6 +38,8 @@ class SampleOptions:
         "help": "stop each rank after this many new shards (0 = no limit); rerun to finish"})
     progress: bool = field(default=True, metadata={"help": "tqdm bar with images/s on rank 0"})
     device: Optional[str] = field(default=None, metadata={"none_words": ("none", "default", "auto"), "help": "cpu | cuda (default: this rank's GPU if any)"})
+    compile: str = field(default="auto", metadata={
+        "help": "torch.compile each DiT block: true | false | auto (= on CUDA only)"})
 
     def resolved_steps(self) -> str:
         if self.steps is not None:
@@ -68,6 +70,8 @@ class SampleOptions:
             bad("batch_size", "an integer >= 1")
         if self.labels not in ("uniform", "balanced"):
             bad("labels", "uniform | balanced")
+        if self.compile not in ("auto", "true", "false"):
+            bad("compile", "auto | true | false")
         if self.shard_size < 1:
             bad("shard_size", "an integer >= 1")
         if self.max_shards_this_run < 0:

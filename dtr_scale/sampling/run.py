@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from dtr_scale.atomic import atomic_write_json
 from dtr_scale.diffusion import create_diffusion
+from dtr_scale.parallel.parallelize import apply_compile, compile_wanted
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
 
 from .assemble import assemble_samples
@@ -61,6 +62,8 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         device = torch.device(opts.device) if opts.device else local_device(env)
         model, meta = load_sampling_model(weights)
         model.to(device)
+        if compile_wanted(opts.compile, device):
+            apply_compile(model)  # one graph for the doubled CFG batch and the last short batch
         schedule = meta.get("diffusion") or {}
         diffusion = create_diffusion(opts.resolved_steps(), noise_schedule=schedule.get("schedule", "linear"),
                                      learn_sigma=model.learn_sigma,
