@@ -19,6 +19,15 @@ Medians over the rounds are compared. Targets:
 
 Prints a table and writes benchmarks/results/step.json (`--profile` adds a torch.profiler
 breakdown of one step of each model variant).
+
+`--compile` measures regional torch.compile instead (`model.compile=true`), with the variants
+`beta0.8` (eager), `beta0.8_compiled` and `beta1.0_compiled`, and the compile time of each
+compiled variant (its first step, untimed in the medians). Targets:
+
+  (d) step(β=0.8, compiled) ≤ 0.85 × step(β=0.8, eager) for DiT-S/2, ≤ 0.90 for DiT-B/2
+  (e) step(β=0.8, compiled) ≤ 1.02 × step(β=1.0, compiled)
+
+    python benchmarks/step.py --compile --model DiT-S/2 --out benchmarks/results/step_compile_S2.json
 """
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ from dtr_scale.config import load_config
 from dtr_scale.models import RoutingConfig, create_model, dit_train_flops
 from dtr_scale.objective import build_objective
 from dtr_scale.parallel.factory import build_engine
+from dtr_scale.parallel.parallelize import CompileWatch
 from dtr_scale.parallel.process_group import DistEnv
 
 MODEL_VARIANTS = {
@@ -41,12 +51,20 @@ MODEL_VARIANTS = {
     "beta1.0": RoutingConfig(sharing_ratio=1.0),
     "no_routing": None,
 }
+# name -> (routing, compiled)
+COMPILE_VARIANTS = {
+    "beta0.8": (RoutingConfig(sharing_ratio=0.8), False),
+    "beta0.8_compiled": (RoutingConfig(sharing_ratio=0.8), True),
+    "beta1.0_compiled": (RoutingConfig(sharing_ratio=1.0), True),
+}
 TARGETS = {"routing_overhead": 0.02, "identity_overhead": 0.01, "matmul_fraction": 0.85}
+COMPILE_TARGETS = {"DiT-S/2": 0.85, "DiT-B/2": 0.90}  # compiled / eager step time
 
 
-def build_variant(args, routing):
+def build_variant(args, routing, compiled=False):
     """A DiT (same initial weights for every variant) wrapped by the single-process engine."""
-    cfg = load_config(None, [f"model.name={args.model}", "parallel.engine=single", "train.precision=fp32"])
+    cfg = load_config(None, [f"model.name={args.model}", "parallel.engine=single", "train.precision=fp32",
+                             f"model.compile={str(compiled).lower()}"])
     torch.manual_seed(0)
     dit = create_model(args.model, input_size=args.input_size, in_channels=args.channels, routing=routing)
     objective = build_objective(cfg, dit)
@@ -220,6 +238,68 @@ def print_run(args, run: dict, probe: MatmulProbe) -> None:
           f"GFLOP/s (best-of-N {c['best_of_n']:.1%}), target >= 85%: {verdict(c['pass'])}")
 
 
+def compile_first_steps(args, variants: dict, gen: torch.Generator) -> dict:
+    """Run each compiled variant's first step (where compilation happens), outside the medians."""
+    out = {}
+    for name, (_, engine) in variants.items():
+        if not name.endswith("_compiled"):
+            continue
+        watch = CompileWatch(True)
+        row = timed_step(engine, make_batch(args, gen))
+        report = watch.report()
+        out[name] = {"first_step_s": round(row["wall"], 2), "compile_s": round(report["compile_s"], 2),
+                     "compiled_frames": report["compiled_frames"]}
+        print(f"  {name}: first step {row['wall']:.1f} s, of which compilation {report['compile_s']:.1f} s", flush=True)
+    return out
+
+
+def evaluate_compile(args, samples: dict, first_steps: dict) -> dict:
+    med = summarize(samples)
+    limit = COMPILE_TARGETS.get(args.model, 0.90)
+
+    def ratio(num, den, target):
+        value = med[num]["wall"] / med[den]["wall"]
+        return {"value": round(value, 4), "target": f"<= {target}", "pass": value <= target,
+                "paired_median": round(paired_ratio(samples, num, den), 4),
+                "best_of_n": round(med[num]["wall_min"] / med[den]["wall_min"], 4),
+                "cpu_time": round(med[num]["cpu"] / med[den]["cpu"], 4)}
+
+    others = [s["others_busy"] for rows in samples.values() for s in rows if s["others_busy"] is not None]
+    return {"other_processes_busy_median": round(median(others), 3) if others else None, "medians_s": med,
+            "compile": first_steps,
+            "checks": {"d_compiled_vs_eager": ratio("beta0.8_compiled", "beta0.8", limit),
+                       "e_compiled_routing_overhead": ratio("beta0.8_compiled", "beta1.0_compiled", 1.02)}}
+
+
+def main_compile(args, threads: int) -> None:
+    torch.set_num_threads(threads)
+    start_info = machine_info()
+    variants = {name: build_variant(args, routing, compiled) for name, (routing, compiled) in COMPILE_VARIANTS.items()}
+    gen = torch.Generator().manual_seed(0)
+    first_steps = compile_first_steps(args, variants, gen)
+    probe = MatmulProbe(args.batch * variants["beta0.8"][0].x_embedder.num_patches, variants["beta0.8"][0].hidden_size)
+    samples = measure(args, threads, variants, probe, gen)
+    samples.pop("matmul")
+    run = evaluate_compile(args, samples, first_steps)
+    print(f"\n{args.model} batch {args.batch}, fp32, {threads} threads, {args.reps} rounds (+{args.warmup} warm-up), "
+          f"medians; other processes kept {run['other_processes_busy_median'] or 0:.0%} of the cores busy")
+    print(f"{'variant':18s} {'step s':>8s} {'best s':>8s} {'fwd s':>7s} {'bwd s':>7s} {'compile s':>10s}")
+    for name in COMPILE_VARIANTS:
+        m = run["medians_s"][name]
+        comp = first_steps.get(name, {}).get("compile_s", "-")
+        print(f"{name:18s} {m['wall']:8.3f} {m['wall_min']:8.3f} {m['forward']:7.3f} {m['backward']:7.3f} {comp!s:>10s}")
+    for key, label in (("d_compiled_vs_eager", "(d) compiled / eager, beta0.8"),
+                       ("e_compiled_routing_overhead", "(e) compiled beta0.8 / compiled beta1.0")):
+        ch = run["checks"][key]
+        print(f"{label}: {ch['value']:.3f} (paired {ch['paired_median']:.3f}, best-of-N {ch['best_of_n']:.3f}, "
+              f"CPU time {ch['cpu_time']:.3f}), target {ch['target']}: {verdict(ch['pass'])}")
+    result = {"benchmark": "step_compile", "command": command_line(), "machine": start_info,
+              "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "model": args.model, "batch": args.batch,
+              "latent_shape": [args.channels, args.input_size, args.input_size], "precision": "fp32",
+              "threads": threads, "reps": args.reps, "warmup": args.warmup, **run}
+    print(f"wrote {write_json(args.out, result)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="DiT-B/2")
@@ -232,6 +312,7 @@ def main() -> None:
                    help="comma-separated torch thread counts, measured one after the other; the first one's "
                         "checks are the headline (e.g. 2,1: 1 thread is robust to other users of the cores)")
     p.add_argument("--profile", action="store_true", help="add a torch.profiler breakdown of one step")
+    p.add_argument("--compile", action="store_true", help="compiled vs eager instead (see the module doc)")
     p.add_argument("--out", default=str(RESULTS_DIR / "step.json"))
     args = p.parse_args()
     try:
@@ -240,6 +321,8 @@ def main() -> None:
         p.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
     if args.reps < 1 or args.batch < 1 or not thread_counts or min(thread_counts) < 1:
         p.error("--reps, --batch and every --threads value must be >= 1")
+    if args.compile:
+        return main_compile(args, thread_counts[0])
     torch.set_num_threads(thread_counts[0])
     start_info = machine_info()
 

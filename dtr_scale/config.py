@@ -103,6 +103,7 @@ class ParallelSection:
     zero_stage: int = 2
     offload: bool = False  # DeepSpeed: optimizer state (and ZeRO-3 params) on the CPU
     deepspeed_config: Optional[str] = None  # JSON whose keys override the generated config
+    meta_init: bool = False  # fsdp / ZeRO-3: build the model sharded, never whole on a rank
 
 
 @dataclass

@@ -30,6 +30,7 @@ from .models import dit_train_flops
 from .objective import build_objective, dit_from_config
 from .parallel.engine import Engine
 from .parallel.factory import build_engine
+from .parallel.meta_init import build_objective_for_engine
 from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
@@ -138,8 +139,10 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
     loader = build_loader(cfg, env)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    dit = build_model(cfg, loader)
-    objective = build_objective(cfg, dit).to(device)
+    # Whole on this device, or (parallel.meta_init) deferred for the engine to build sharded.
+    objective = build_objective_for_engine(cfg, lambda: build_objective(cfg, build_model(cfg, loader)),
+                                           env.world_size, device)
+    dit = objective.dit
     engine = build_engine(objective, cfg, env, device)
     # Per-rank streams for timesteps and noise, so that exact resume can restore them.
     gen_t = torch.Generator().manual_seed(t.seed * 7919 + env.rank)

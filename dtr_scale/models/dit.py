@@ -14,6 +14,7 @@ With routing disabled (β = 1) the blocks get `mask=None` and run the plain DiT 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -199,7 +200,8 @@ class DiT(nn.Module):
         self.router = TaskRouter(self.routing, hidden_size, depth) if self.routing else None
         self.dynamic_batch = False  # set by `parallelize.apply_compile`
         self.set_checkpointing(checkpointing)
-        self.initialize_weights()
+        if not _deferred(self.x_embedder.proj.weight):
+            self.initialize_weights()
 
     def set_checkpointing(self, fraction: float) -> None:
         """Blocks [0, round(fraction · depth)) recompute their activations in backward."""
@@ -208,29 +210,33 @@ class DiT(nn.Module):
             block.checkpoint_activations = i < self.num_checkpointed
 
     def initialize_weights(self) -> None:
-        def _basic_init(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        params = dict(self.named_parameters())
+        for name, init in self.init_plan():
+            init(params[name].data)
 
-        self.apply(_basic_init)
-        pos = get_2d_sincos_pos_embed(self.hidden_size, self.x_embedder.grid_size)
-        self.pos_embed.data.copy_(torch.from_numpy(pos).float().unsqueeze(0))
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear, not a Conv2d
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+    def init_plan(self) -> list[tuple[str, Callable[[torch.Tensor], None]]]:
+        """(parameter name, in-place init of the FULL tensor), in the order they draw random
+        numbers. Each init overwrites the whole tensor, so a rank that builds one parameter at a
+        time (meta-device init, `parallel/meta_init.py`) gets exactly the weights of this eager
+        init for the same seed, and keeps only its shard."""
+        plan = []
+        for name, module in self.named_modules():  # the order `self.apply` visits Linears
+            if isinstance(module, nn.Linear):
+                plan.append((f"{name}.weight", nn.init.xavier_uniform_))
+                if module.bias is not None:
+                    plan.append((f"{name}.bias", nn.init.zeros_))
+        pos = torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, self.x_embedder.grid_size)).float()
+        plan.append(("pos_embed", lambda w: w.copy_(pos.unsqueeze(0))))
+        # The patch conv is initialised like a Linear, not a Conv2d.
+        plan.append(("x_embedder.proj.weight", lambda w: nn.init.xavier_uniform_(w.view(w.shape[0], -1))))
+        plan.append(("x_embedder.proj.bias", nn.init.zeros_))
+        normal = lambda w: nn.init.normal_(w, std=0.02)  # noqa: E731
+        plan += [("y_embedder.embedding_table.weight", normal), ("t_embedder.mlp.0.weight", normal),
+                 ("t_embedder.mlp.2.weight", normal)]
         # adaLN-Zero: every block starts as the identity and the output as zero.
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero = [f"blocks.{i}.adaLN_modulation.1.{k}" for i in range(self.depth) for k in ("weight", "bias")]
+        zero += [f"final_layer.{m}.{k}" for m in ("adaLN_modulation.1", "linear") for k in ("weight", "bias")]
+        return plan + [(name, nn.init.zeros_) for name in zero]
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, L, p·p·C_out) -> (N, C_out, H, W)."""
@@ -277,6 +283,12 @@ class DiT(nn.Module):
         cond, uncond = eps.chunk(2, dim=0)
         guided = uncond + cfg_scale * (cond - uncond)
         return torch.cat([torch.cat([guided, guided], dim=0), rest], dim=1)
+
+
+def _deferred(param: torch.Tensor) -> bool:
+    """Built on the meta device or partitioned by deepspeed.zero.Init: the builder initialises
+    the weights later, one parameter at a time (`parallel/meta_init.py`)."""
+    return param.is_meta or hasattr(param, "ds_id")
 
 
 def mark_batch_dynamic(*tensors: torch.Tensor | None) -> None:

@@ -18,6 +18,7 @@ from .deepspeed_ops import announce_cpu_op_build
 from .engine import Engine, StepResult
 from .ema import LocalEMA
 from .optim import build_optimizer, param_groups
+from .meta_init import initialize_zero3
 from .parallelize import parallelize
 
 
@@ -73,6 +74,8 @@ class DeepSpeedEngine(Engine):
         self.accum = t.grad_accum
         self.micro = 0
         parallelize(objective, cfg, device)
+        if getattr(objective, "deferred_init", None) == "zero3":
+            initialize_zero3(objective)  # built under zero.Init: set the partitioned weights
         groups = param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr)
         if device.type == "cuda" and not cfg.parallel.offload:
             from deepspeed.ops.adam import FusedAdam

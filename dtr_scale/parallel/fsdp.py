@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor
 from .engine import Engine, StepResult
 from .ema import LocalEMA
 from .optim import build_optimizer, clip_and_step, param_groups
+from .meta_init import materialize_fsdp
 from .parallelize import parallelize
 
 
@@ -44,6 +45,8 @@ class FSDPEngine(Engine):
             cast_forward_inputs=False,
         )
         self.module = parallelize(objective, cfg, device, mesh=self.mesh, mp_policy=mp)
+        if getattr(objective, "deferred_init", None) == "meta":
+            materialize_fsdp(objective, device)  # built on the meta device: fill the shards now
         self.optimizer = build_optimizer(
             param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr), (t.beta1, t.beta2), device
         )
