@@ -13,7 +13,7 @@ from dtr_scale.parallel.process_group import init_distributed, shutdown
 
 def main(engine_flags):
     env = init_distributed()
-    shape = ["model.input_size=16", "model.in_channels=1", "model.num_classes=10", "model.routing.init=random",
+    shape = ["model.input_size=16", "model.in_channels=1", "model.num_classes=10",
              "diffusion.loss_weighting=ant_uw", "train.global_batch_size=8"]
     cfg = load_config(None, shape + engine_flags + ["parallel.meta_init=true"])
     device = torch.device("cpu")

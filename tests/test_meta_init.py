@@ -10,8 +10,9 @@ from launch_helpers import REPO
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.mark.parametrize("flags", [["parallel.engine=fsdp"], ["parallel.engine=deepspeed", "parallel.zero_stage=3"]],
-                         ids=["fsdp", "zero3"])
+@pytest.mark.parametrize("flags", [["parallel.engine=fsdp"],
+                                   ["parallel.engine=deepspeed", "parallel.zero_stage=3", "model.routing.init=random"]],
+                         ids=["fsdp-dtr", "zero3-random"])
 def test_meta_init_equals_eager_init(flags):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(REPO, "tests", "meta_init_worker.py"), *flags]

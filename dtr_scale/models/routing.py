@@ -76,7 +76,7 @@ def dtr_mask_table(num_tasks: int, hidden_size: int, sharing_ratio: float, alpha
     """(T, C) uint8 table of sliding-window masks."""
     k = active_channels(hidden_size, sharing_ratio)
     starts = torch.from_numpy(window_starts(num_tasks, hidden_size, sharing_ratio, alpha))
-    channel = torch.arange(hidden_size)
+    channel = torch.arange(hidden_size, device=starts.device)  # CPU, even under a meta-device build
     table = (channel[None, :] >= starts[:, None]) & (channel[None, :] < starts[:, None] + k)
     return table.to(torch.uint8)
 
