@@ -29,11 +29,11 @@ def apply_activation_checkpointing(dit: nn.Module, fraction: float) -> None:
     dit.set_checkpointing(fraction)
 
 
-def apply_compile(dit: nn.Module) -> None:
+def apply_compile(dit: nn.Module, backend: str = "inductor") -> None:
     """Compile each DiT block in place (`Module.compile` keeps the official parameter names)."""
     torch._logging.set_logs(recompiles=True)  # a recompile names its cause in the log
     for block in dit.blocks:
-        block.compile()
+        block.compile(backend=backend)
     dit.dynamic_batch = True
 
 
