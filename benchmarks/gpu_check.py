@@ -27,7 +27,7 @@ from dtr_scale.data.synthetic import write_synthetic_shards
 from dtr_scale.models import RoutingConfig, create_model, dit_train_flops
 from dtr_scale.models.attention import HAS_XFORMERS, attend
 from dtr_scale.objective import build_objective
-from dtr_scale.parallel.engine import build_engine
+from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.parallelize import CompileWatch
 from dtr_scale.parallel.process_group import DistEnv
 

@@ -67,7 +67,7 @@ def worker(args) -> None:
 
     from dtr_scale.config import load_config
     from dtr_scale.objective import build_objective, dit_from_config
-    from dtr_scale.parallel.engine import build_engine
+    from dtr_scale.parallel.factory import build_engine
     from dtr_scale.parallel.meta_init import build_objective_for_engine
     from dtr_scale.parallel.process_group import init_distributed, shutdown
 

@@ -6,7 +6,7 @@ import torch
 from dtr_scale.config import load_config
 from dtr_scale.models import RoutingConfig, create_model
 from dtr_scale.objective import build_objective
-from dtr_scale.parallel.engine import build_engine
+from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.process_group import DistEnv
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
