@@ -65,17 +65,17 @@ def build_model(cfg: Config, loader: LatentLoader):
     return dit_from_config(cfg)
 
 
-def build_loader(cfg: Config, env: DistEnv) -> LatentLoader | GlobalLoader:
+def build_loader(cfg: Config, env: DistEnv, pin_memory: bool = False) -> LatentLoader | GlobalLoader:
     """This rank's micro-batches: streamed (epoch | resampled) or by global position (global)."""
     t, d = cfg.train, cfg.data
     if d.mode == "global":
         return GlobalLoader(d.path, t.global_batch_size, rank=env.rank, world_size=env.world_size,
                             grad_accum=t.grad_accum, num_workers=d.num_workers, seed=t.seed,
-                            random_flip=d.random_flip, verify_sha256=d.verify_sha256)
+                            random_flip=d.random_flip, verify_sha256=d.verify_sha256, pin_memory=pin_memory)
     return LatentLoader(d.path, t.global_batch_size // (env.world_size * t.grad_accum), rank=env.rank,
                         world_size=env.world_size, num_workers=d.num_workers, seed=t.seed, mode=d.mode,
                         shuffle_buffer=d.shuffle_buffer, on_error=d.on_error, verify_sha256=d.verify_sha256,
-                        random_flip=d.random_flip)
+                        random_flip=d.random_flip, pin_memory=pin_memory)
 
 
 def infinite(loader: LatentLoader):
@@ -137,7 +137,7 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     device = local_device(env)
     t = cfg.train
     local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
-    loader = build_loader(cfg, env)
+    loader = build_loader(cfg, env, pin_memory=device.type == "cuda")  # page-locked: non_blocking copies overlap
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     # Whole on this device, or (parallel.meta_init) deferred for the engine to build sharded.
     objective = build_objective_for_engine(cfg, lambda: build_objective(cfg, build_model(cfg, loader)),
