@@ -1,7 +1,7 @@
 """Export: `python -m dtr_scale.export --checkpoint DIR --out FILE.pt`.
 
-Consolidates the EMA weights of a training checkpoint (any engine: torch.save, DCP shards,
-DeepSpeed ZeRO-1/2/3 files) into one file in the official DiT layout, offline, in one process.
+Consolidates the EMA weights of a training checkpoint (any engine, any world size: all write the
+same canonical DCP state) into one file in the official DiT layout, offline, in one process.
 Writes FILE.pt as {"ema": state_dict, "dtr_scale": metadata}, which the official DiT sampling
 script loads (it takes "ema"), and FILE.safetensors with the same tensors and metadata. The
 metadata carries the model and routing config and the data's latent scale, so `load_weights`
@@ -10,7 +10,6 @@ and the sampler can rebuild the model without the training config.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ import torch
 
 from .atomic import atomic_write, atomic_write_bytes
 from .checkpoint import latest_checkpoint
+from .checkpoint_meta import STATE_DIR, read_meta, verify_checkpoint_files
 from .config import load_config
 from .models import DiT, load_pretrained, official_state_dict
 from .models.pretrained import EXPORT_FORMAT
@@ -27,52 +27,28 @@ from .objective import dit_from_config
 
 def resolve_checkpoint(path: str) -> str:
     """A run directory (uses its `latest`) or one step directory."""
-    if os.path.isdir(os.path.join(path, "engine")):
+    if os.path.isfile(os.path.join(path, "meta.json")):
         return path
     found = latest_checkpoint(path) if os.path.isdir(path) else None
     if not found:
-        raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (no engine/) nor a run directory with a 'latest' pointer")
+        raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (no meta.json) nor a run directory with a 'latest' pointer")
     return found
 
 
 def read_ema(ckpt: str, model: DiT) -> dict[str, torch.Tensor]:
-    """EMA weights (official names, fp32) from the engine-native files of `ckpt`."""
-    with open(os.path.join(ckpt, "meta.json")) as f:
-        meta = json.load(f)
-    engine_dir = os.path.join(ckpt, "engine")
-    params = dict(model.named_parameters())
-    names = list(params)
-    if meta["engine"] in ("single", "ddp"):
-        state = torch.load(os.path.join(engine_dir, "state.pt"), map_location="cpu", weights_only=True)
-        out = dict(zip(names, state["ema"]["shadow"]))
-        masks = state["objective"].get("dit.router.masks")
-    elif meta["engine"] == "fsdp":
-        import torch.distributed.checkpoint as dcp
+    """EMA weights (official names, fp32) and the routing masks from the canonical state of
+    `ckpt`, read by DCP into full tensors in this one process, whichever engine wrote it."""
+    import torch.distributed.checkpoint as dcp
 
-        want = {"ema": {n: torch.empty(p.shape, dtype=torch.float32) for n, p in params.items()}}
-        if model.router is not None:
-            want["model"] = {"dit.router.masks": torch.empty_like(model.router.masks)}
-        dcp.load(want, checkpoint_id=engine_dir, no_dist=True)
-        out, masks = want["ema"], want.get("model", {}).get("dit.router.masks")
-    elif meta["engine"] == "deepspeed":
-        single = os.path.join(engine_dir, "ema.pt")
-        if os.path.isfile(single):  # ZeRO-1/2: replicated parameters, rank 0 wrote the EMA
-            out = dict(zip(names, torch.load(single, map_location="cpu", weights_only=True)["shadow"]))
-        else:  # ZeRO-3: each rank holds a padded flat partition of every parameter
-            files = sorted(glob.glob(os.path.join(engine_dir, "ema_rank*.pt")))
-            if len(files) != meta["world_size"]:
-                raise FileNotFoundError(f"{engine_dir}: expected {meta['world_size']} ema_rank*.pt files, found {len(files)}")
-            parts = [torch.load(f, map_location="cpu", weights_only=True)["shadow"] for f in files]
-            out = {n: torch.cat([r[i] for r in parts])[: p.numel()].view(p.shape) for i, (n, p) in enumerate(params.items())}
-        model_states = glob.glob(os.path.join(engine_dir, "engine", "*model_states.pt"))
-        masks = None
-        if model_states and model.router is not None:
-            module = torch.load(model_states[0], map_location="cpu", weights_only=False)["module"]
-            masks = module.get("dit.router.masks")
-    else:
-        raise ValueError(f"{ckpt}: unknown engine {meta['engine']!r} in meta.json")
-    if model.router is not None and masks is not None:
-        out["router.masks"] = masks
+    meta = read_meta(ckpt)
+    verify_checkpoint_files(ckpt, meta["world_size"])
+    want = {"ema": {n: torch.empty(p.shape, dtype=torch.float32) for n, p in model.named_parameters()}}
+    if model.router is not None:
+        want["model"] = {"dit.router.masks": torch.empty_like(model.router.masks)}
+    dcp.load(want, checkpoint_id=os.path.join(ckpt, STATE_DIR), no_dist=True)
+    out = want["ema"]
+    if model.router is not None:
+        out["router.masks"] = want["model"]["dit.router.masks"]
     return out
 
 

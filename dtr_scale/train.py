@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from . import faults
 from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng_state
+from .checkpoint_meta import fingerprint as run_fingerprint
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
 from .export import data_identity
@@ -131,6 +132,16 @@ class Trainer:
                 "loader": self.loader.state_dict()}
 
 
+def rank_streams(seed: int, rank: int, step: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """Per-rank generators for timesteps and noise (returned), and the global stream that label
+    dropout draws from (seeded). Exact resume restores their states; a resume on another world
+    size reseeds them deterministically from the step instead."""
+    base = seed + 1_000_003 * step
+    torch.manual_seed(base * 31 + rank)
+    return (torch.Generator().manual_seed(base * 7919 + rank),
+            torch.Generator().manual_seed(base * 104729 + rank))
+
+
 def setup(cfg: Config, env: DistEnv) -> Trainer:
     """Data, model, objective and engine, with the seeds that make every rank start identical."""
     validate(cfg, world_size=env.world_size)
@@ -144,16 +155,10 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
                                            env.world_size, device)
     dit = objective.dit
     engine = build_engine(objective, cfg, env, device)
-    # Per-rank streams for timesteps and noise, so that exact resume can restore them.
-    gen_t = torch.Generator().manual_seed(t.seed * 7919 + env.rank)
-    gen_noise = torch.Generator().manual_seed(t.seed * 104729 + env.rank)
-    torch.manual_seed(t.seed * 31 + env.rank)  # label dropout draws from the global stream
+    gen_t, gen_noise = rank_streams(t.seed, env.rank)
 
     config_yaml = to_yaml(cfg)
     ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env)
-    if env.is_main:
-        print(f"resolved config ({env.world_size} rank(s), engine={engine.name}):\n{config_yaml}", flush=True)
-        atomic_write_text(os.path.join(cfg.checkpoint.dir, "config.yaml"), config_yaml)
     trainer = Trainer(cfg, env, device, loader, objective, engine, gen_t, gen_noise, ckpt, config_yaml,
                       flops_per_step=dit_train_flops(dit, local_batch * t.grad_accum))
     faults.install(trainer)  # robustness tests only: a no-op unless their variables are set
@@ -161,17 +166,24 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
 
 
 def resume(tr: Trainer) -> None:
-    """Restore engine, counters, RNG streams and the loader position from `checkpoint.resume`."""
+    """Restore engine, counters, RNG streams and the loader position from `checkpoint.resume`
+    (any engine, any world size), then record the run's config."""
     resume_from = tr.ckpt.resolve(tr.cfg.checkpoint.resume)
-    if resume_from:
-        state = tr.ckpt.load(resume_from, tr.engine)
+    if resume_from:  # before anything is written: a checkpoint that does not fit fails cleanly
+        state = tr.ckpt.load(resume_from, tr.engine, run_fingerprint(tr.cfg), tr.cfg.data.mode)
         tr.step, tr.skipped_total = state["step"], state["skipped_steps"]
-        set_rng_state(state["rng"])
-        tr.gen_t.set_state(state["gen_t"])
-        tr.gen_noise.set_state(state["gen_noise"])
+        if "rng" in state:  # same world size: continue every stream exactly
+            set_rng_state(state["rng"])
+            tr.gen_t.set_state(state["gen_t"])
+            tr.gen_noise.set_state(state["gen_noise"])
+        else:  # another world size: per-rank streams cannot carry over
+            tr.gen_t, tr.gen_noise = rank_streams(tr.cfg.train.seed, tr.env.rank, tr.step)
         tr.loader.load_state_dict(state["loader"])
         if tr.env.is_main:
             print(f"resumed from {resume_from} at step {tr.step}", flush=True)
+    if tr.env.is_main:
+        print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}):\n{tr.config_yaml}", flush=True)
+        atomic_write_text(os.path.join(tr.cfg.checkpoint.dir, "config.yaml"), tr.config_yaml)
     tr.batches = infinite(tr.loader)
 
 
@@ -241,7 +253,7 @@ def window_metrics(tr: Trainer, window: dict) -> dict:
 def maybe_checkpoint(tr: Trainer, preempted: bool) -> None:
     """Collective: save every `checkpoint.every` steps, at the last step and on preemption."""
     if tr.step % tr.cfg.checkpoint.every == 0 or tr.step == tr.cfg.train.max_steps or preempted:
-        path = tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml)
+        path = tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml, run_fingerprint(tr.cfg))
         if tr.env.is_main:
             log.info("checkpoint %s", path)
 

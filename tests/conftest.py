@@ -25,3 +25,18 @@ def digits_shards(tmp_path_factory):
     run_module("dtr_scale.prep", ["--source", "digits", "--vae", "none", "--out", str(out),
                                   "--shard-size", "200", "--no-progress"])
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def full_runs(digits_shards, tmp_path_factory):
+    """Each 2-process engine trains 4 steps with checkpoints at 2 and 4 (shared by the engine and
+    elastic-checkpoint tests)."""
+    from launch_helpers import ENGINES, STEPS, train
+
+    root = tmp_path_factory.mktemp("engines")
+    runs = {}
+    for name, flags in ENGINES.items():
+        run_dir = str(root / name)
+        train(digits_shards, run_dir, *flags, *STEPS)
+        runs[name] = run_dir
+    return runs

@@ -45,3 +45,13 @@ def flatten(obj, prefix=""):
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield from flatten(v, f"{prefix}/{i}")
+
+
+ENGINES = {  # the 2-process engine configurations the engine tests cover
+    "ddp": ["parallel.engine=ddp"],
+    "fsdp": ["parallel.engine=fsdp"],
+    "zero1": ["parallel.engine=deepspeed", "parallel.zero_stage=1"],
+    "zero2": ["parallel.engine=deepspeed", "parallel.zero_stage=2"],
+    "zero3": ["parallel.engine=deepspeed", "parallel.zero_stage=3"],
+}
+STEPS = ["train.max_steps=4", "checkpoint.every=2", "checkpoint.keep=3"]

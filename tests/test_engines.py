@@ -8,49 +8,18 @@ import pytest
 import torch
 
 from dtr_scale.models import load_weights
-from launch_helpers import flatten, metrics, run_module, train
+from launch_helpers import ENGINES, STEPS, flatten, metrics, run_module, train
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
-ENGINES = {
-    "ddp": ["parallel.engine=ddp"],
-    "fsdp": ["parallel.engine=fsdp"],
-    "zero1": ["parallel.engine=deepspeed", "parallel.zero_stage=1"],
-    "zero2": ["parallel.engine=deepspeed", "parallel.zero_stage=2"],
-    "zero3": ["parallel.engine=deepspeed", "parallel.zero_stage=3"],
-}
-STEPS = ["train.max_steps=4", "checkpoint.every=2", "checkpoint.keep=3"]
-
-
-@pytest.fixture(scope="module")
-def full_runs(digits_shards, tmp_path_factory):
-    """Each engine trains 4 steps with checkpoints at 2 and 4 (shared by several tests)."""
-    root = tmp_path_factory.mktemp("engines")
-    runs = {}
-    for name, flags in ENGINES.items():
-        run_dir = str(root / name)
-        train(digits_shards, run_dir, *flags, *STEPS)
-        runs[name] = run_dir
-    return runs
-
 
 def engine_tensors(step_dir, tmp_path):
-    """Every tensor of the engine-native checkpoint (model, optimizer, EMA), by path."""
-    with open(os.path.join(step_dir, "meta.json")) as f:
-        engine = json.load(f)["engine"]
-    eng = os.path.join(step_dir, "engine")
-    if engine == "fsdp":
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    """Every tensor of a checkpoint's canonical state (model, optimizer, EMA), consolidated, by path."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-        target = str(tmp_path / "fsdp_full.pt")
-        dcp_to_torch_save(eng, target)
-        files = {"dcp": target}
-    else:
-        files = {os.path.relpath(f, eng): f for f in glob.glob(os.path.join(eng, "**", "*.pt"), recursive=True)}
-    out = {}
-    for rel, path in files.items():
-        out.update({rel + key: t for key, t in flatten(torch.load(path, map_location="cpu", weights_only=False))})
-    return out
+    target = str(tmp_path / f"{os.path.basename(os.path.dirname(step_dir))}_{os.path.basename(step_dir)}.pt")
+    dcp_to_torch_save(os.path.join(step_dir, "state"), target)
+    return dict(flatten(torch.load(target, map_location="cpu", weights_only=False)))
 
 
 def losses(run_dir, n=4):
@@ -208,3 +177,25 @@ def test_deepspeed_cpu_offload_same_losses(full_runs, tmp_path):
                                rtol=0, atol=1e-5)
     model, _ = load_weights(_export(run_dir, tmp_path / "offload.pt"))
     assert all(torch.isfinite(v.float()).all() for v in model.state_dict().values())
+
+
+@pytest.mark.parametrize("source,target", [("zero2", "fsdp"), ("fsdp", "ddp"), ("zero3", "zero1")])
+def test_resume_on_another_engine(source, target, full_runs, tmp_path):
+    """Same world size, another engine: the resumed run ends where the straight run does (the data
+    order per rank is unchanged, so only reduction order may differ)."""
+    straight = full_runs[source]
+    resumed = str(tmp_path / "resumed")
+    proc = train(_data_path(straight), resumed, *ENGINES[target], *STEPS,
+                 f"checkpoint.resume={os.path.join(straight, 'step_000000002')}", timeout=900)
+    labels = {"fsdp": "fsdp", "ddp": "ddp", "zero1": "deepspeed ZeRO-1", "zero2": "deepspeed ZeRO-2",
+              "zero3": "deepspeed ZeRO-3"}
+    assert f"converted {labels[source]} × 2 ranks → {labels[target]} × 2 ranks" in proc.stdout
+    a = engine_tensors(os.path.join(straight, "step_000000004"), tmp_path)
+    b = engine_tensors(os.path.join(resumed, "step_000000004"), tmp_path)
+    assert a.keys() == b.keys() and any("/optim/state/" in k and k.endswith("exp_avg_sq") for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+    torch.testing.assert_close(torch.tensor(losses(resumed, 2)), torch.tensor(losses(straight)[2:]), rtol=0, atol=1e-5)
+    # the state moved between the checkpoints: the comparison above is not of two initial states
+    start = engine_tensors(os.path.join(straight, "step_000000002"), tmp_path)
+    assert not torch.equal(start["/ema/final_layer.linear.weight"], a["/ema/final_layer.linear.weight"])

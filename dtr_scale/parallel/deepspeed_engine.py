@@ -4,7 +4,8 @@ The DeepSpeed JSON is generated from the config (batch sizes, accumulation, clip
 ZeRO stage); `parallel.deepspeed_config` names a JSON file whose keys override it. On the CPU the
 optimizer is torch's AdamW (DeepSpeed's own optimizers JIT-compile C++ for ~90 s); on CUDA it is
 DeepSpeed's FusedAdam. DeepSpeed skips steps with non-finite gradient norms in every stage
-(`was_step_applied`), which is how this engine reports skipped steps.
+(`was_step_applied`), which is how this engine reports skipped steps. Checkpoints hold the
+canonical state read through DeepSpeed's public accessors (deepspeed_state.py), not its own files.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import json
 import os
 
 import torch
-import torch.distributed as dist
+from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param
 
 from .deepspeed_ops import announce_cpu_op_build
-from .engine import Engine, StepResult
+from .deepspeed_state import DeepSpeedState, gather_partition, group_param_names, own_partition
+from .engine import Engine, StepResult, dit_names
 from .ema import LocalEMA
 from .optim import build_optimizer, param_groups
 from .meta_init import initialize_zero3
@@ -83,18 +85,32 @@ class DeepSpeedEngine(Engine):
             optimizer = FusedAdam(groups, lr=t.lr, betas=(t.beta1, t.beta2), adam_w_mode=True)
         else:
             optimizer = build_optimizer(groups, (t.beta1, t.beta2), device)
+        names = group_param_names(objective, groups)
         self.config = deepspeed_config(cfg, env.world_size, device.type == "cuda")
         announce_cpu_op_build(device, env.rank)  # initialize() may compile a C++ op silently
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=objective, optimizer=optimizer, config=self.config, dist_init_required=False
         )
         self.module = self.ds
+        self.master_copy = t.precision != "fp32"  # the module then holds a rounded copy of the master
+        self.canonical = DeepSpeedState(self.ds, objective, optimizer, names, self.stage)
+        self.canonical.ensure_optimizer_state()
         self.ema = LocalEMA(self._local_dit())
 
+    def describe(self) -> str:
+        return f"deepspeed ZeRO-{self.stage}"
+
     def _local_dit(self) -> list[torch.Tensor]:
-        # ZeRO-3 keeps each rank's flat partition in `ds_tensor`; stages 1-2 replicate parameters.
+        """What the EMA averages: the fp32 master weights. Under fp32 the module's parameters are
+        those values bit for bit (ZeRO-1/2 replicate them, ZeRO-3 keeps each rank's flat partition
+        in `ds_tensor`); under bf16/fp16 the module holds a rounded copy, so the EMA reads the
+        master through DeepSpeed's accessors (ZeRO-3: the rank's own partition, no communication)."""
         params = list(self.objective.dit.parameters())
-        return [p.ds_tensor for p in params] if self.stage == 3 else params
+        if not self.master_copy:
+            return [p.ds_tensor for p in params] if self.stage == 3 else params
+        if self.stage == 3:
+            return [safe_get_local_fp32_param(p) if p.requires_grad else p.ds_tensor for p in params]
+        return [safe_get_full_fp32_param(p) if p.requires_grad else p for p in params]
 
     def backward(self, loss):
         self.ds.backward(loss)  # DeepSpeed divides by the accumulation steps itself
@@ -109,33 +125,26 @@ class DeepSpeedEngine(Engine):
         norm = float("nan") if norm is None else float(norm)
         return StepResult(norm if applied else float("nan"), applied)
 
-    def _ema_file(self, path: str) -> str | None:
-        if self.stage == 3:
-            return os.path.join(path, f"ema_rank{self.env.rank:05d}.pt")
-        return os.path.join(path, "ema.pt") if self.env.rank == 0 else None
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.canonical.state_dict(self._full_ema())
 
-    def save(self, path):
-        self.ds.save_checkpoint(path, tag="engine", save_latest=False)
-        target = self._ema_file(path)
-        if target:
-            torch.save(self.ema.state_dict(), target)
+    def state_template(self) -> dict:
+        return self.canonical.template(dit_names(self.objective))
 
-    def load(self, path):
-        loaded, _ = self.ds.load_checkpoint(path, tag="engine", load_optimizer_states=True,
-                                            load_lr_scheduler_states=False)
-        if loaded is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {path}/engine")
-        target = self._ema_file(path) or os.path.join(path, "ema.pt")
-        self.ema.load_state_dict(torch.load(target, map_location=self.device, weights_only=True))
+    def load_state_dict(self, state: dict) -> None:
+        self.canonical.load(state)
+        for (name, p), shadow in zip(self.objective.dit.named_parameters(), self.ema.shadow):
+            full = state["ema"][name]
+            shadow.copy_(own_partition(full, p) if self.stage == 3 else full)
+
+    def _full_ema(self) -> dict[str, torch.Tensor]:
+        return dict(self._full_tensors(self.ema.shadow))
+
+    def _full_tensors(self, tensors):
+        """Collective: (name, full tensor) from tensors laid out like `_local_dit()`."""
+        for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
+            yield name, gather_partition(local, p) if self.stage == 3 else local
 
     def _gather(self, tensors) -> dict[str, torch.Tensor] | None:
-        def full_tensors():
-            for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
-                if self.stage != 3:
-                    yield name, local
-                    continue
-                parts = [torch.empty_like(local) for _ in range(self.env.world_size)]
-                dist.all_gather(parts, local.contiguous())
-                yield name, torch.cat(parts)[: p.ds_numel].view(p.ds_shape)
-
-        return self._collect(full_tensors())
+        return self._collect(self._full_tensors(tensors))

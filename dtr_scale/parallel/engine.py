@@ -9,9 +9,11 @@ The training loop only ever calls these methods, in this order per optimizer ste
     result = engine.step()            # clip, skip if non-finite, optimizer step, zero grads
     engine.update_ema(decay)          # where the parameters live
 
-plus `save`/`load` (the engine's native sharded format) and `export_ema` (consolidated weights,
-rank 0). Engines differ in how they wrap the module, reduce gradients, hold optimizer state and
-write checkpoints; the loop does not know which one it runs.
+plus `save`/`load` (the canonical, name-keyed training state that every engine exposes alike
+through `state_dict`/`load_state_dict`, see training_state.py, written and resharded by DCP) and
+`export_ema` (consolidated weights, rank 0). Engines
+differ in how they wrap the module, reduce gradients and hold optimizer state; the loop and the
+checkpoint do not know which one they run.
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from dataclasses import dataclass
 from typing import ContextManager
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .optim import set_lr
 from .process_group import DistEnv
+from . import training_state
 
 
 @dataclass
@@ -69,12 +74,43 @@ class Engine:
         return self._collect(zip((n for n, _ in self.objective.dit.named_parameters()), tensors))
 
     # -- state -------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """How the log names this engine, e.g. "deepspeed ZeRO-3" or "fsdp"."""
+        return self.name
+
+    def state_dict(self) -> dict:
+        """Collective: the canonical training state (see training_state.py) in this engine's
+        layout: plain tensors (single, DDP) or DTensor shards (FSDP2), ready for DCP."""
+        return training_state.torch_state(self.objective, self.optimizer, self._ema_state())
+
     def save(self, path: str) -> None:
-        """Collective: every rank writes its part of the engine state under `path`."""
-        raise NotImplementedError
+        """Collective: write the canonical state under `path` (DCP: every rank writes its part)."""
+        dcp.save(self.state_dict(), checkpoint_id=path)
 
     def load(self, path: str) -> None:
-        raise NotImplementedError
+        """Collective: read a state that any engine on any world size saved, resharded by DCP."""
+        state = self.state_template()
+        dcp.load(state, checkpoint_id=path)
+        self.load_state_dict(state)
+
+    def state_template(self) -> dict:
+        """What DCP loads into: structured and laid out like `state_dict()`; values may be stale."""
+        return self.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Collective: adopt a `state_dict()`-shaped structure that DCP has filled."""
+        training_state.load_torch_state(self.objective, self.optimizer, state)
+        self._load_ema(state["ema"])
+
+    def _ema_state(self) -> dict[str, torch.Tensor]:
+        return dict(zip(dit_names(self.objective), self.ema.shadow))
+
+    def _load_ema(self, loaded: dict[str, torch.Tensor]) -> None:
+        for name, shadow in zip(dit_names(self.objective), self.ema.shadow):
+            value = loaded[name]
+            value = value.to_local() if isinstance(value, DTensor) else value
+            if shadow.data_ptr() != value.data_ptr():  # DCP may have filled the shadow in place
+                shadow.copy_(value)
 
     def export_ema(self) -> dict[str, torch.Tensor] | None:
         """Collective: consolidated EMA weights of the DiT (official names, fp32, CPU) on rank 0,

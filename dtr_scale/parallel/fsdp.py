@@ -1,4 +1,4 @@
-"""FSDP2 engine: `fully_shard` per DiT block, then the root (parallelize.py); checkpoints through DCP.
+"""FSDP2 engine: `fully_shard` per DiT block, then the root (parallelize.py); its checkpoint state is DTensor shards.
 
 Parameters, gradients and optimizer state are sharded over the ranks (dim-0 DTensor shards), and
 so is the EMA: it averages each rank's local shard. bf16 runs with MixedPrecisionPolicy
@@ -9,13 +9,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
@@ -65,32 +58,13 @@ class FSDPEngine(Engine):
     def step(self):
         return StepResult(*clip_and_step(self.optimizer, self.cfg.train.grad_clip))
 
-    def _ema_dtensors(self) -> dict[str, DTensor]:
+    def _ema_state(self) -> dict[str, DTensor]:
         """The EMA shards as DTensors laid out like the parameters (what DCP saves/loads)."""
         out = {}
         for (name, p), shadow in zip(self.objective.dit.named_parameters(), self.ema.shadow):
             out[name] = DTensor.from_local(shadow, p.device_mesh, p.placements, run_check=False,
                                            shape=p.shape, stride=p.stride())
         return out
-
-    def _state(self) -> dict:
-        """Model, optimizer and EMA as DCP sees them; `load` fills the same structure in place."""
-        return {
-            "model": get_model_state_dict(self.objective),
-            "optim": get_optimizer_state_dict(self.objective, self.optimizer),
-            "ema": self._ema_dtensors(),
-        }
-
-    def save(self, path):
-        dcp.save(self._state(), checkpoint_id=path)
-
-    def load(self, path):
-        state = self._state()
-        dcp.load(state, checkpoint_id=path)
-        set_model_state_dict(self.objective, state["model"])
-        set_optimizer_state_dict(self.objective, self.optimizer, state["optim"])
-        for shadow, loaded in zip(self.ema.shadow, state["ema"].values()):
-            shadow.copy_(loaded.to_local())
 
     def _gather(self, tensors) -> dict[str, torch.Tensor] | None:
         def full_tensors():

@@ -1,13 +1,12 @@
 """Single-process and DDP engines: full parameters and optimizer state on every rank.
 
 Mixed precision is torch.autocast (bf16, or fp16 with a GradScaler on CUDA); parameters, EMA and
-optimizer state stay fp32. Checkpoints are one `torch.save` file written by rank 0, since every
-rank holds identical state.
+optimizer state stay fp32. The checkpoint state is the base engine's canonical one (plain full
+tensors; DCP writes each replicated tensor once).
 """
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 from torch import nn
@@ -64,27 +63,6 @@ class SingleEngine(Engine):
 
     def step(self):
         return StepResult(*clip_and_step(self.optimizer, self.cfg.train.grad_clip, self.scaler))
-
-    def _state(self) -> dict:
-        return {
-            "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-        }
-
-    def save(self, path):
-        if self.env.rank == 0:
-            os.makedirs(path, exist_ok=True)
-            torch.save(self._state(), os.path.join(path, "state.pt"))
-
-    def load(self, path):
-        state = torch.load(os.path.join(path, "state.pt"), map_location=self.device, weights_only=True)
-        self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema.load_state_dict(state["ema"])
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
 
 
 class DDPEngine(SingleEngine):

@@ -92,13 +92,15 @@ def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistEnv:
-    """Initialise torch.distributed if the environment describes more than one process.
+    """Initialise torch.distributed if a launcher started this process (or several processes).
 
     Idempotent: a second call returns the same description. Binds the CUDA device of the local
     rank before NCCL initialises so that collectives do not all land on GPU 0.
     """
     info = read_dist_env()
-    if info.distributed and not dist.is_initialized():
+    # A launcher's single process gets a (1-rank) group too: FSDP and DeepSpeed need one, e.g.
+    # to resume a multi-rank run on one rank.
+    if (info.distributed or info.launcher != "single") and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")

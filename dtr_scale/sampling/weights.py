@@ -10,7 +10,7 @@ def load_sampling_model(path: str) -> tuple[DiT, dict]:
     """(model in eval mode on the CPU, metadata as `dtr_scale.export` writes it).
 
     A directory is a training run (its `latest` checkpoint) or one `step_*` checkpoint: the EMA
-    weights are read straight from the engine files, as export would, so sampling during a run
+    weights are read straight from the checkpoint's state, as export would, so sampling during a run
     needs no export step.
     """
     if os.path.isdir(path):
@@ -24,7 +24,7 @@ def load_sampling_model(path: str) -> tuple[DiT, dict]:
 
 
 def _from_checkpoint(path: str) -> tuple[DiT, dict]:
-    # export's reader is the one definition of how each engine's files hold the EMA and how the
+    # export's reader is the one definition of where a checkpoint holds the EMA and how the
     # data's identity is recorded; reusing it keeps the two routes to the weights identical.
     from dtr_scale.export import checkpoint_ema
 

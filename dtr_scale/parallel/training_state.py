@@ -1,0 +1,66 @@
+"""The canonical training state: one name-keyed structure that every engine produces and adopts.
+
+    {"model": {objective name: parameter or buffer},          # fp32 master values
+     "ema":   {DiT parameter name: EMA tensor},
+     "optim": {"state": {objective name: {"exp_avg", "exp_avg_sq", "step"}},
+               "param_groups": [{"params": [names], "lr", "betas", "eps", "weight_decay", "base_lr"}]}}
+
+Names are those of `DiffusionObjective.named_parameters()` ("dit.blocks.0.attn.qkv.weight",
+"weighting.log_vars", the buffer "dit.router.masks"); the EMA uses the DiT's own names, which is
+what export writes. Values are plain full tensors (single, DDP, DeepSpeed) or DTensor shards
+(FSDP2). PyTorch distributed checkpoint (DCP) writes them by name and global shape, so a state
+saved by any engine on any world size loads into any other: DCP reshards on read.
+
+The param groups keep only the hyper-parameters every engine's optimizer has, so the saved
+structure is the same whichever optimizer class (torch AdamW, DeepSpeed FusedAdam) ran.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "base_lr")
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def canonical_groups(groups: list[dict], names: list[list[str]] | None = None) -> list[dict]:
+    """Param groups reduced to GROUP_KEYS; `names` replaces each group's params (DeepSpeed)."""
+    out = []
+    for i, g in enumerate(groups):
+        params = names[i] if names is not None else list(g["params"])
+        out.append({"params": params, **{k: (list(g[k]) if k == "betas" else g[k]) for k in GROUP_KEYS}})
+    return out
+
+
+def apply_groups(groups: list[dict], loaded: list[dict]) -> None:
+    """Copy the saved hyper-parameters into an optimizer's (or a state dict's) param groups."""
+    if len(groups) != len(loaded):
+        raise ValueError(f"checkpoint has {len(loaded)} optimizer param groups, this run {len(groups)}")
+    for g, saved in zip(groups, loaded):
+        for k in GROUP_KEYS:
+            g[k] = tuple(saved[k]) if k == "betas" else saved[k]
+
+
+def torch_state(objective: nn.Module, optimizer: torch.optim.Optimizer, ema: dict) -> dict:
+    """The canonical state of an engine whose optimizer is a torch optimizer over `objective`'s
+    parameters (single, DDP, FSDP2): torch's name-keyed state-dict helpers do the work."""
+    optim = get_optimizer_state_dict(objective, optimizer)
+    return {
+        "model": get_model_state_dict(objective),
+        "optim": {"state": optim["state"], "param_groups": canonical_groups(optim["param_groups"])},
+        "ema": ema,
+    }
+
+
+def load_torch_state(objective: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    set_model_state_dict(objective, state["model"])
+    full = get_optimizer_state_dict(objective, optimizer)  # every key torch's optimizer needs
+    apply_groups(full["param_groups"], state["optim"]["param_groups"])
+    set_optimizer_state_dict(objective, optimizer, {"state": state["optim"]["state"],
+                                                    "param_groups": full["param_groups"]})
