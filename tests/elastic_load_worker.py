@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from dtr_scale.config import load_config
 from dtr_scale.objective import build_objective, dit_from_config
-from dtr_scale.parallel.engine import build_engine
+from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.process_group import init_distributed, local_device
 
 
