@@ -8,6 +8,7 @@ naming the cause before anything is loaded or written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -22,7 +23,7 @@ def fingerprint(cfg) -> dict:
                                              "class_dropout_prob")},
         "routing": dict(vars(m.routing)),
         # the LR of ANT-UW's weights is a training choice, not part of the objective
-        "objective": {k: v for k, v in vars(d).items() if k != "ant_lr"},
+        "objective": {k: v for k, v in dataclasses.asdict(d).items() if k != "ant_lr"},  # flow.* nested
     }
 
 
