@@ -47,6 +47,17 @@ def flatten(obj, prefix=""):
             yield from flatten(v, f"{prefix}/{i}")
 
 
+def checkpoint_state(step_dir, scratch_dir) -> dict:
+    """Every tensor of a checkpoint's canonical state (model, optimizer, EMA), consolidated from
+    its DCP shards, by path."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    target = os.path.join(str(scratch_dir), "_".join(os.path.normpath(step_dir).split(os.sep)[-2:]) + ".pt")
+    dcp_to_torch_save(os.path.join(step_dir, "state"), target)
+    return dict(flatten(torch.load(target, map_location="cpu", weights_only=False)))
+
+
 ENGINES = {  # the 2-process engine configurations the engine tests cover
     "ddp": ["parallel.engine=ddp"],
     "fsdp": ["parallel.engine=fsdp"],

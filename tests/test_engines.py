@@ -8,18 +8,14 @@ import pytest
 import torch
 
 from dtr_scale.models import load_weights
-from launch_helpers import ENGINES, STEPS, flatten, metrics, run_module, train
+from launch_helpers import ENGINES, STEPS, checkpoint_state, metrics, run_module, train
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def engine_tensors(step_dir, tmp_path):
     """Every tensor of a checkpoint's canonical state (model, optimizer, EMA), consolidated, by path."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    target = str(tmp_path / f"{os.path.basename(os.path.dirname(step_dir))}_{os.path.basename(step_dir)}.pt")
-    dcp_to_torch_save(os.path.join(step_dir, "state"), target)
-    return dict(flatten(torch.load(target, map_location="cpu", weights_only=False)))
+    return checkpoint_state(step_dir, tmp_path)
 
 
 def losses(run_dir, n=4):

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ import torch
 from fake_slurm._common import kill_tree
 from fake_slurm.harness import fake_env, run
 from file_writes import strace_available, traced, written_files
-from launch_helpers import REPO, TINY_CONFIG, flatten, train
+from launch_helpers import REPO, TINY_CONFIG, checkpoint_state, run_module, train
 from test_data_distributed import free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -34,18 +35,13 @@ def train_args(data, run_dir, *extra):
             "train.log_every=1", "data.num_workers=0", *GLOBAL, *extra]
 
 
-def checkpoint_tensors(run_dir) -> dict:
-    """Every tensor of the final checkpoint's engine state (model, optimizer, EMA), by path."""
-    engine = os.path.join(run_dir, "step_000000003", "engine")
-    out = {}
-    for path in sorted(glob.glob(os.path.join(engine, "**", "*.pt"), recursive=True)):
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        out.update(flatten(obj, os.path.relpath(path, engine)))
-    return out
+def checkpoint_tensors(run_dir, step=3) -> dict:
+    """Every tensor of a checkpoint's canonical state (model, optimizer, EMA), by path."""
+    return checkpoint_state(os.path.join(run_dir, f"step_{step:09d}"), tempfile.mkdtemp())
 
 
-def assert_same_weights(run_dir, ref_dir, atol=1e-5):
-    a, b = checkpoint_tensors(run_dir), checkpoint_tensors(ref_dir)
+def assert_same_weights(run_dir, ref_dir, atol=1e-5, step=3):
+    a, b = checkpoint_tensors(run_dir, step), checkpoint_tensors(ref_dir, step)
     assert a.keys() == b.keys() and len(a) > 10, (sorted(a)[:5], sorted(b)[:5])
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
@@ -133,3 +129,20 @@ def test_train_sbatch_two_fake_nodes(baselines, digits_shards, tmp_path):
     per_node = [written_files(str(traces / f"node{i}.task{i}.trace"), run_dir) for i in range(2)]
     assert_nodes_write_apart(per_node, run_dir)
     assert_same_weights(run_dir, baselines["ddp"])
+
+
+def test_resume_on_another_engine_and_world_size(digits_shards, tmp_path):
+    """A ZeRO-2 run on 2 ranks, resumed at step 2 with FSDP on 1 rank, ends at the straight run's
+    weights, optimizer moments and EMA (global mode: the samples and draws of every step are the same)."""
+    steps = ["data.mode=global", "train.max_steps=4", "checkpoint.every=2", "checkpoint.keep=3"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train(digits_shards, straight, *steps, *ZERO2, nproc=2)
+    proc = run_module("torch.distributed.run", ["--standalone", "--nproc_per_node=1", "-m", "dtr_scale.train",
+                                                *train_args(digits_shards, resumed)[:-len(GLOBAL)], *steps,
+                                                "parallel.engine=fsdp",
+                                                f"checkpoint.resume={os.path.join(straight, 'step_000000002')}"],
+                      timeout=900)
+    assert "converted deepspeed ZeRO-2 × 2 ranks → fsdp × 1 rank" in proc.stdout + proc.stderr
+    assert_same_weights(resumed, straight, step=4)
+    moved = checkpoint_tensors(straight, 2)["/ema/final_layer.linear.weight"]
+    assert not torch.equal(moved, checkpoint_tensors(straight, 4)["/ema/final_layer.linear.weight"])
