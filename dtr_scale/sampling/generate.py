@@ -3,7 +3,8 @@
     images, labels = generate(model, diffusion, range(64), seed=0, cfg_scale=4.0,
                               labels="balanced", decoder=PixelDecoder(), batch_size=16)
 
-Sample i depends only on (seed, i) (see rng.py), so a training run's sample grid at step k and
+`diffusion` is a DDPM diffusion (sampler=ddpm|ddim) or a flow.FlowSolver (flow matching: SiT's
+ODE/SDE; `sampler` and `eta` are then unused). Sample i depends only on (seed, i) (see rng.py), so a training run's sample grid at step k and
 the CLI's samples from the exported weights of step k show the same images for the same seed.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from .decode import PixelDecoder, to_uint8
+from .flow import FlowSolver
 from .guidance import GuidedDenoiser
 from .rng import PerSampleNoise, draw_labels, sample_generators
 
@@ -28,13 +30,15 @@ def sample_latents(model, diffusion, indices: Sequence[int], *, seed: int,
                    labels: str | Sequence[int] | torch.Tensor = "uniform", cfg_scale: float = 1.0,
                    cfg_channels: int | None = None, sampler: str = "ddpm", eta: float = 0.0,
                    precision: str = "fp32", device: torch.device | None = None,
-                   denoiser: GuidedDenoiser | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   denoiser: GuidedDenoiser | None = None,
+                   guidance_interval: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch: (latents (n, C, H, W) fp32 on `device`, labels (n,) int64 on the CPU).
 
     `labels` is "uniform", "balanced" or explicit per-index labels (the label draw is still made
     so the noise of sample i is the same whatever its label). The model must be in eval mode
     (train mode would drop labels at random); `generate` takes care of that. A prebuilt
-    `denoiser` (reused across batches) replaces cfg_scale / cfg_channels / precision.
+    `denoiser` (reused across batches) replaces cfg_scale / cfg_channels / precision /
+    guidance_interval.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
@@ -52,8 +56,11 @@ def sample_latents(model, diffusion, indices: Sequence[int], *, seed: int,
         if y.min() < 0 or y.max() >= model.num_classes:
             raise ValueError(f"labels must lie in [0, {model.num_classes}), got {y.tolist()}")
     denoiser = denoiser or GuidedDenoiser(model, cfg_scale=cfg_scale, cfg_channels=cfg_channels,
-                                          precision=precision)
+                                          precision=precision, guidance_interval=guidance_interval)
     shape = (len(indices), model.in_channels, model.input_size, model.input_size)
+    if isinstance(diffusion, FlowSolver):
+        z = diffusion.sample(denoiser, shape, y=y.to(device), noise_fn=PerSampleNoise(generators), device=device)
+        return z, y
     common = dict(clip_denoised=False, model_kwargs={"y": y.to(device)}, device=device,
                   noise_fn=PerSampleNoise(generators))
     if sampler == "ddpm":
@@ -75,7 +82,7 @@ def generate(model, diffusion, indices: Sequence[int], *, seed: int,
              cfg_channels: int | None = None, sampler: str = "ddpm", eta: float = 0.0,
              precision: str = "fp32", batch_size: int | None = None,
              decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             device: torch.device | None = None,
+             device: torch.device | None = None, guidance_interval: tuple[float, float] = (0.0, 1.0),
              on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (n, H, W, C) and int64 labels (n,) for `indices`, in that order.
 
@@ -94,7 +101,8 @@ def generate(model, diffusion, indices: Sequence[int], *, seed: int,
     was_training = model.training
     model.eval()
     try:
-        denoiser = GuidedDenoiser(model, cfg_scale=cfg_scale, cfg_channels=cfg_channels, precision=precision)
+        denoiser = GuidedDenoiser(model, cfg_scale=cfg_scale, cfg_channels=cfg_channels, precision=precision,
+                                  guidance_interval=guidance_interval)
         images, out_labels, done = [], [], 0
         for chunk in batches(indices, batch_size):
             chunk_labels = labels if explicit is None else explicit[done:done + len(chunk)]

@@ -6,6 +6,10 @@ read (forward_with_cfg only looks at the first half). Here the sampler state sta
 only the model call is doubled, which gives the first half's result exactly and halves the
 sampler's arithmetic and random draws. The learned variance comes from the conditional half, as
 in DiT.
+
+A guidance interval [low, high] (flow time, t = 0 noise, t = 1 data; Kynkäänniemi et al. 2024)
+applies guidance only to rows whose t lies inside it; the others get the plain conditional
+output, without a doubled batch when no row of the call is inside. [0, 1] is plain CFG.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ class GuidedDenoiser:
     """Callable `(x, t, y) -> model output` for `p_sample_loop` / `ddim_sample_loop`."""
 
     def __init__(self, model, *, cfg_scale: float = 1.0, cfg_channels: int | None = None,
-                 precision: str = "fp32", null_label: int | None = None):
+                 precision: str = "fp32", null_label: int | None = None,
+                 guidance_interval: tuple[float, float] = (0.0, 1.0)):
         if cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {cfg_scale}")
         in_channels = getattr(model, "in_channels", None)
@@ -41,6 +46,10 @@ class GuidedDenoiser:
                              "latent channels) or unset for all channels")
         self.model, self.cfg_scale, self.cfg_channels = model, float(cfg_scale), cfg_channels
         self.precision = precision
+        low, high = guidance_interval
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"guidance interval [{low}, {high}]: expected 0 <= low <= high <= 1")
+        self.interval = (float(low), float(high))
         self.null_label = model.num_classes if null_label is None else null_label
         self.device = next(model.parameters()).device
         autocast_context(precision, self.device)  # validate now, not at the first step
@@ -52,9 +61,20 @@ class GuidedDenoiser:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast_context(self.precision, x.device):
-            if not self.guided:  # no doubled batch: guidance with scale 1 is the conditional output
+            inside = self._inside(t)
+            if not self.guided or not bool(inside.any()):  # scale 1 (or outside): the conditional output
                 return self.model(x, t, y).float()
             null = torch.full_like(y, self.null_label)
             out = self.model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]),
                                               self.cfg_scale, self.cfg_channels)
-        return out[: x.shape[0]].float()
+            out = out[: x.shape[0]].float()
+            if bool(inside.all()):
+                return out
+            plain = self.model(x, t, y).float()
+        return torch.where(inside.reshape(-1, *([1] * (out.dim() - 1))), out, plain)
+
+    def _inside(self, t: torch.Tensor) -> torch.Tensor:
+        if self.interval == (0.0, 1.0):  # the default: no comparison, so integer DDPM t works too
+            return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+        low, high = self.interval
+        return (t >= low) & (t <= high)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config import bad_value, from_key_values
+from dtr_scale.flow import DIFFUSION_FORMS, ODE_METHODS, PATHS, PREDICTIONS, SDE_METHODS
+
+from .flow import FLOW_SAMPLERS
 from .generate import SAMPLERS
 from .guidance import PRECISIONS
 
@@ -40,11 +43,38 @@ class SampleOptions:
     device: Optional[str] = field(default=None, metadata={"none_words": ("none", "default", "auto"), "help": "cpu | cuda (default: this rank's GPU if any)"})
     compile: str = field(default="auto", metadata={
         "help": "torch.compile each DiT block: true | false | auto (= on CUDA only)"})
+    # Weights without our metadata (official DiT / SiT checkpoints) and flow matching.
+    objective: Optional[str] = field(default=None, metadata={"none_words": ("default", "metadata"),
+        "help": "ddpm | flow; default: the weights' metadata (ddpm if it names none)"})
+    model: Optional[str] = field(default=None, metadata={"none_words": ("none", "default", "metadata"),
+        "help": "model name (DiT-XL/2; SiT-XL/2 = the same network) for weights without metadata"})
+    flow_path: Optional[str] = field(default=None, metadata={"none_words": ("default", "metadata"),
+        "help": "flow: Linear | GVP | VP; default: the weights' metadata, else Linear (SiT)"})
+    flow_prediction: Optional[str] = field(default=None, metadata={"none_words": ("default", "metadata"),
+        "help": "flow: velocity | noise | score; default: the weights' metadata, else velocity"})
+    flow_sampler: str = field(default="ode", metadata={"help": "flow: ode | sde"})
+    ode_method: str = field(default="dopri5", metadata={"help": "flow ODE solver (torchdiffeq): euler | heun2 | dopri5 | ..."})
+    num_steps: Optional[int] = field(default=None, metadata={"none_words": ("none", "default"),
+        "help": "flow: grid times (ODE default 50, SDE default 250, as SiT)"})
+    atol: float = field(default=1e-6, metadata={"help": "flow ODE absolute tolerance (adaptive solvers)"})
+    rtol: float = field(default=1e-3, metadata={"help": "flow ODE relative tolerance (adaptive solvers)"})
+    sde_method: str = field(default="Euler", metadata={"help": "flow SDE: Euler (Euler-Maruyama) | Heun"})
+    diffusion_form: str = field(default="SBDM", metadata={"help": "flow SDE diffusion: " + " | ".join(DIFFUSION_FORMS)})
+    diffusion_norm: float = field(default=1.0, metadata={"help": "flow SDE diffusion scale"})
+    last_step: str = field(default="Mean", metadata={"help": "flow SDE last step: Mean | Tweedie | Euler | none"})
+    last_step_size: float = field(default=0.04, metadata={"help": "flow SDE last step size"})
+    guidance_low: float = field(default=0.0, metadata={"help": "flow: guide only for t >= this (t = 0 noise)"})
+    guidance_high: float = field(default=1.0, metadata={"help": "flow: guide only for t <= this (t = 1 data)"})
 
     def resolved_steps(self) -> str:
         if self.steps is not None:
             return self.steps
         return "ddim50" if self.sampler == "ddim" else "250"
+
+    def resolved_num_steps(self) -> int:
+        if self.num_steps is not None:
+            return self.num_steps
+        return 50 if self.flow_sampler == "ode" else 250
 
     def validate(self) -> "SampleOptions":
         def bad(key, allowed):
@@ -76,15 +106,60 @@ class SampleOptions:
             bad("shard_size", "an integer >= 1")
         if self.max_shards_this_run < 0:
             bad("max_shards_this_run", "an integer >= 0 (0 = no limit)")
+        self._validate_flow(bad)
         return self
+
+    def _validate_flow(self, bad) -> None:
+        choices = {"objective": (None, "ddpm", "flow"), "flow_path": (None, *PATHS),
+                   "flow_prediction": (None, *PREDICTIONS), "flow_sampler": FLOW_SAMPLERS,
+                   "ode_method": ODE_METHODS, "sde_method": SDE_METHODS, "diffusion_form": DIFFUSION_FORMS,
+                   "last_step": ("Mean", "Tweedie", "Euler", "none")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                bad(key, " | ".join(a for a in allowed if a is not None))
+        if self.num_steps is not None and self.num_steps < 2:
+            bad("num_steps", "an integer >= 2 (the flow grid's times, both ends included)")
+        for key in ("atol", "rtol"):
+            if getattr(self, key) <= 0:
+                bad(key, "a number > 0")
+        if not 0 <= self.last_step_size < 1:
+            bad("last_step_size", "a number in [0, 1)")
+        for key in ("guidance_low", "guidance_high"):
+            if not 0 <= getattr(self, key) <= 1:
+                bad(key, "a flow time in [0, 1] (t = 0 noise, t = 1 data)")
+        if self.guidance_low > self.guidance_high:
+            bad("guidance_low", f"at most guidance_high ({self.guidance_high})")
+
+    def check_objective(self, objective: str) -> None:
+        """Options that only one objective reads, once the weights have named the objective."""
+        def bad(key, allowed):
+            raise bad_value(key, getattr(self, key), f"allowed: {allowed}")
+
+        if objective == "flow":
+            if self.sampler != "ddpm" or self.steps is not None or self.eta != 0:
+                key = "sampler" if self.sampler != "ddpm" else ("steps" if self.steps is not None else "eta")
+                bad(key, "unset with objective=flow (use flow_sampler, ode_method / sde_method, num_steps)")
+            return
+        flow_only = [f.name for f in dataclasses.fields(self)
+                     if f.name in _FLOW_KEYS and getattr(self, f.name) != f.default]
+        if flow_only:
+            bad(flow_only[0], "unset unless objective=flow (the weights are a DDPM model)")
+
+    def guidance_interval(self) -> tuple[float, float]:
+        return self.guidance_low, self.guidance_high
 
     def fingerprint(self) -> dict:
         """What decides the images and their layout: a resumed run must agree on all of it."""
         keep = ("num_samples", "seed", "sampler", "eta", "cfg_scale", "cfg_channels", "precision",
-                "labels", "vae", "shard_size")
+                "labels", "vae", "shard_size", "model", *_FLOW_KEYS)
         out = {k: getattr(self, k) for k in keep}
         out["steps"] = self.resolved_steps()
         return out
+
+
+_FLOW_KEYS = ("flow_path", "flow_prediction", "flow_sampler", "ode_method", "num_steps", "atol", "rtol",
+              "sde_method", "diffusion_form", "diffusion_norm", "last_step", "last_step_size",
+              "guidance_low", "guidance_high")
 
 
 def parse_options(pairs: list[str]) -> SampleOptions:

@@ -20,6 +20,7 @@ from dtr_scale.parallel.process_group import init_distributed, local_device, shu
 
 from .assemble import assemble_samples
 from .decode import make_decoder
+from .flow import solver_from_options
 from .generate import generate
 from .grid import save_pngs
 from .options import SampleOptions
@@ -60,14 +61,12 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
     env = init_distributed()
     try:
         device = torch.device(opts.device) if opts.device else local_device(env)
-        model, meta = load_sampling_model(weights)
+        model, meta = load_sampling_model(weights, model=opts.model, objective=opts.objective)
+        opts.check_objective(meta["objective"])
         model.to(device)
         if compile_wanted(opts.compile, device):
             apply_compile(model)  # one graph for the doubled CFG batch and the last short batch
-        schedule = meta.get("diffusion") or {}
-        diffusion = create_diffusion(opts.resolved_steps(), noise_schedule=schedule.get("schedule", "linear"),
-                                     learn_sigma=model.learn_sigma,
-                                     diffusion_steps=int(schedule.get("steps", 1000)))
+        diffusion = _sampling_process(meta, opts, model)
         decoder = make_decoder(opts.vae, meta, device=device, precision=opts.precision)
         plan = ShardPlan(opts.num_samples, opts.shard_size)
         # The resolved VAE, so that vae=none and "from metadata" count as the same run.
@@ -107,6 +106,15 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         shutdown()
 
 
+def _sampling_process(meta: dict, opts: SampleOptions, model):
+    """DDPM's respaced diffusion or the flow solver, as the weights' objective says."""
+    if meta["objective"] == "flow":
+        return solver_from_options(opts, meta)
+    schedule = meta.get("diffusion") or {}
+    return create_diffusion(opts.resolved_steps(), noise_schedule=schedule.get("schedule", "linear"),
+                            learn_sigma=model.learn_sigma, diffusion_steps=int(schedule.get("steps", 1000)))
+
+
 def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, device) -> dict:
     total = sum(len(plan.indices(j)) for j in todo)
     bar = None
@@ -123,6 +131,7 @@ def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, devi
                 model, diffusion, indices, seed=opts.seed, labels=opts.labels, cfg_scale=opts.cfg_scale,
                 cfg_channels=opts.cfg_channels, sampler=opts.sampler, eta=opts.eta, precision=opts.precision,
                 batch_size=opts.batch_size, decoder=decoder, device=device,
+                guidance_interval=opts.guidance_interval(),
                 on_batch=bar.update if bar is not None else None)
             if opts.png:  # before the shard: a finished shard implies its PNGs exist
                 save_pngs(images, indices, os.path.join(out_dir, "png"))
