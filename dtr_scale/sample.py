@@ -3,8 +3,10 @@
 Works alone and under `torchrun --nproc_per_node=N`, `deepspeed --module` and `srun`.
 
 --weights   an export (`python -m dtr_scale.export`: W.pt or W.safetensors, whose metadata names
-            the model, routing, diffusion schedule and the data's VAE/latent scale), or a training
-            run directory (its `latest` checkpoint) or one step_* checkpoint directory.
+            the model, routing, objective (ddpm | flow with its settings), diffusion schedule and
+            the data's VAE/latent scale), a training run directory (its `latest` checkpoint), one
+            step_* checkpoint directory, or an official DiT / SiT state dict (then `model=` names
+            the network and, for SiT, `objective=flow`).
 --out DIR   receives shards/shard-XXXXXX.npz (per-shard uint8 images, labels, indices),
             sample_config.json (what the run was; a resume must match it), samples.npz
             (arr_0: (N, H, W, C) uint8 in index order, ADM's layout; arr_1: (N,) int64 labels)
@@ -16,6 +18,9 @@ cfg_channels (default all channels; 3 = DiT's published samples), precision=fp32
 autocast around the model; allowed on CPU, where it is slow and only useful as a numerics check),
 batch_size (per rank), labels=uniform|balanced, vae=none|PATH (default: the weights' metadata),
 png, shard_size, max_shards_this_run (stop early: rerun to resume), progress, device.
+Flow-matching weights (SiT's transport): flow_sampler=ode|sde, ode_method, num_steps, atol, rtol,
+sde_method, diffusion_form, diffusion_norm, last_step, last_step_size, and the guidance interval
+guidance_low / guidance_high in flow time (CFG only inside it; default [0, 1]).
 
 Reproducibility: sample i is a function of (seed, i) only. Its class label, starting noise and
 every step's noise come from its own generator, so the images do not depend on the number of

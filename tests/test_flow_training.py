@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,19 @@ def test_flow_training_cli_logs_t_bins(digits_shards, tmp_path):
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if line.strip()]
     last = lines[-1]
     assert last["step"] == 4 and any(k.startswith("loss_t") for k in last)
+    # The export records the objective and flow settings: the sampler needs no flow flags, and
+    # the export and the run directory give the same images.
+    from dtr_scale.export import export
+    from dtr_scale.sample import main as sample
+
+    pt, _ = export(str(tmp_path), str(tmp_path / "w.pt"))
+    meta = torch.load(pt, weights_only=True)["dtr_scale"]
+    assert meta["objective"] == "flow" and meta["flow"]["path"] == "Linear"
+    assert meta["model"]["time_input"] == "continuous"
+    opts = ["num_samples=3", "ode_method=euler", "num_steps=4", "vae=none", "progress=false"]
+    outs = [tmp_path / "s_export", tmp_path / "s_run"]
+    assert sample(["--weights", pt, "--out", str(outs[0])] + opts) == 0
+    assert sample(["--weights", str(tmp_path), "--out", str(outs[1])] + opts) == 0
+    images = [np.load(o / "samples.npz")["arr_0"] for o in outs]
+    assert images[0].shape[0] == 3
+    np.testing.assert_array_equal(images[0], images[1])

@@ -56,9 +56,9 @@ def solver_from_options(opts, meta: dict) -> FlowSolver:
         settings["prediction"] = opts.flow_prediction
     transport = create_transport(**settings)
     if opts.flow_sampler == "ode":
-        return FlowSolver(transport, "ode", opts.ode_method, opts.resolved_num_steps(),
+        return FlowSolver(transport, "ode", opts.ode_method, opts.num_steps,
                           ode_kwargs={"atol": opts.atol, "rtol": opts.rtol})
     last = None if opts.last_step == "none" else opts.last_step
-    return FlowSolver(transport, "sde", opts.sde_method, opts.resolved_num_steps(),
+    return FlowSolver(transport, "sde", opts.sde_method, opts.num_steps,
                       sde_kwargs={"diffusion_form": opts.diffusion_form, "diffusion_norm": opts.diffusion_norm,
                                   "last_step": last, "last_step_size": opts.last_step_size})

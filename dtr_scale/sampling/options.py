@@ -54,12 +54,12 @@ class SampleOptions:
         "help": "flow: velocity | noise | score; default: the weights' metadata, else velocity"})
     flow_sampler: str = field(default="ode", metadata={"help": "flow: ode | sde"})
     ode_method: str = field(default="dopri5", metadata={"help": "flow ODE solver (torchdiffeq): euler | heun2 | dopri5 | ..."})
-    num_steps: Optional[int] = field(default=None, metadata={"none_words": ("none", "default"),
-        "help": "flow: grid times (ODE default 50, SDE default 250, as SiT)"})
+    num_steps: int = field(default=250, metadata={"help": "flow: times on the ODE/SDE grid (SiT's sample.py: 250)"})
     atol: float = field(default=1e-6, metadata={"help": "flow ODE absolute tolerance (adaptive solvers)"})
     rtol: float = field(default=1e-3, metadata={"help": "flow ODE relative tolerance (adaptive solvers)"})
     sde_method: str = field(default="Euler", metadata={"help": "flow SDE: Euler (Euler-Maruyama) | Heun"})
-    diffusion_form: str = field(default="SBDM", metadata={"help": "flow SDE diffusion: " + " | ".join(DIFFUSION_FORMS)})
+    diffusion_form: str = field(default="sigma", metadata={
+        "help": "flow SDE diffusion (SiT's sample.py default: sigma): " + " | ".join(DIFFUSION_FORMS)})
     diffusion_norm: float = field(default=1.0, metadata={"help": "flow SDE diffusion scale"})
     last_step: str = field(default="Mean", metadata={"help": "flow SDE last step: Mean | Tweedie | Euler | none"})
     last_step_size: float = field(default=0.04, metadata={"help": "flow SDE last step size"})
@@ -70,11 +70,6 @@ class SampleOptions:
         if self.steps is not None:
             return self.steps
         return "ddim50" if self.sampler == "ddim" else "250"
-
-    def resolved_num_steps(self) -> int:
-        if self.num_steps is not None:
-            return self.num_steps
-        return 50 if self.flow_sampler == "ode" else 250
 
     def validate(self) -> "SampleOptions":
         def bad(key, allowed):
@@ -117,7 +112,7 @@ class SampleOptions:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(key, " | ".join(a for a in allowed if a is not None))
-        if self.num_steps is not None and self.num_steps < 2:
+        if self.num_steps < 2:
             bad("num_steps", "an integer >= 2 (the flow grid's times, both ends included)")
         for key in ("atol", "rtol"):
             if getattr(self, key) <= 0:
