@@ -140,3 +140,13 @@ def test_flow_sde_two_ranks_match_one_rank(flow_weights, tmp_path):
                                     "guidance_low=0.3"] + SDE + COMMON, nproc=2)
     for a, b in zip(_samples(one), _samples(two)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_flow_run_resumes_and_refuses_other_flow_options(flow_weights, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    base = ["--weights", flow_weights, "--out", out] + ODE + COMMON
+    assert main(base + ["max_shards_this_run=1"]) == 0
+    assert main(base + ["guidance_low=0.5"]) == 2
+    assert "guidance_low: 0.0 on disk, 0.5 now" in capsys.readouterr().err
+    assert main(base) == 0
+    assert _samples(out)[0].shape[0] == 10

@@ -143,12 +143,18 @@ class SampleOptions:
     def guidance_interval(self) -> tuple[float, float]:
         return self.guidance_low, self.guidance_high
 
-    def fingerprint(self) -> dict:
-        """What decides the images and their layout: a resumed run must agree on all of it."""
+    def fingerprint(self, objective: str = "ddpm") -> dict:
+        """What decides the images and their layout: a resumed run must agree on all of it.
+        DDPM runs keep the keys they always had, so their resumes are unaffected by flow."""
         keep = ("num_samples", "seed", "sampler", "eta", "cfg_scale", "cfg_channels", "precision",
-                "labels", "vae", "shard_size", "model", *_FLOW_KEYS)
+                "labels", "vae", "shard_size")
         out = {k: getattr(self, k) for k in keep}
         out["steps"] = self.resolved_steps()
+        if self.model is not None:
+            out["model"] = self.model
+        if objective == "flow":
+            out.update({k: getattr(self, k) for k in _FLOW_KEYS}, objective="flow")
+            del out["steps"], out["sampler"], out["eta"]
         return out
 
 

@@ -70,7 +70,7 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         decoder = make_decoder(opts.vae, meta, device=device, precision=opts.precision)
         plan = ShardPlan(opts.num_samples, opts.shard_size)
         # The resolved VAE, so that vae=none and "from metadata" count as the same run.
-        wanted = {**opts.fingerprint(), "vae": decoder.name, "weights": weights_identity(meta)}
+        wanted = {**opts.fingerprint(meta["objective"]), "vae": decoder.name, "weights": weights_identity(meta)}
         # Every rank checks (same file, same answer) so that a mismatch fails all ranks alike
         # instead of leaving the others waiting in a collective.
         must_write = check_run_config(out_dir, wanted)

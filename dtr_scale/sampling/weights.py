@@ -82,4 +82,4 @@ def _from_checkpoint(path: str) -> tuple[DiT, dict]:
 def weights_identity(meta: dict) -> dict:
     """The part of the metadata that names the weights, for the resume check of a sample run."""
     return {"model": meta.get("model"), "routing": meta.get("routing"), "step": meta.get("step"),
-            "checkpoint": meta.get("checkpoint") or meta.get("official"), "objective": meta.get("objective")}
+            "checkpoint": meta.get("checkpoint") or meta.get("official")}
