@@ -319,10 +319,6 @@ def validate_flow(cfg: Config) -> None:
     if d.loss_weighting != "constant":
         raise ConfigError(f"diffusion.loss_weighting: got {d.loss_weighting!r} with objective=flow; flow weights "
                           "its loss with diffusion.flow.loss_weight (set diffusion.loss_weighting=constant)")
-    for key in ("train.sample_every", "eval.every"):
-        if _get(cfg, key):
-            raise ConfigError(f"{key}: got {_get(cfg, key)!r} with objective=flow; in-loop sampling of flow "
-                              "runs is not supported yet: set it to 0")
 
 
 def validate(cfg: Config, world_size: int | None = None) -> Config:

@@ -38,3 +38,10 @@ def test_in_loop_eval_fsdp_matches_ddp(digits_shards, tmp_path):
     train(digits_shards, one, *FLAGS, "parallel.engine=ddp")
     # FSDP and DDP train the same model on the same data: same EMA, same samples, same FD.
     assert abs(check_run(two) - check_run(one)) < 1e-6 * check_run(one)
+
+
+def test_in_loop_flow_run(digits_shards, tmp_path):
+    """Flow runs get the same grids and FD (Euler ODE over eval.sampling_steps' count)."""
+    run_dir = str(tmp_path / "flow")
+    train(digits_shards, run_dir, *FLAGS, "diffusion.objective=flow", nproc=1)
+    check_run(run_dir)
