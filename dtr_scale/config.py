@@ -94,6 +94,7 @@ class TrainSection:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     log_every: int = 50
     max_consecutive_nonfinite: int = 10
+    preempt_check_every: int = 10  # steps between the (collective) checks of the preemption flag
     sample_every: int = 0  # in-loop sample grids (PNG); 0 = off
 
 
@@ -164,6 +165,7 @@ RANGES = {
     "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.log_every": (lambda v: v >= 1, ">= 1"),
+    "train.preempt_check_every": (lambda v: v >= 1, ">= 1"),
     "checkpoint.every": (lambda v: v >= 1, ">= 1"),
     "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
     "data.num_workers": (lambda v: v >= 0, ">= 0"),

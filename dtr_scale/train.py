@@ -91,11 +91,13 @@ def infinite(loader: LatentLoader):
 
 
 def new_window(device: torch.device) -> dict:
-    """Sums between two log lines. Loss statistics stay on the device (float64) until the log
-    step, so the hot loop adds no host synchronisation of its own."""
-    return {"loss": torch.zeros((), dtype=torch.float64, device=device), "n": 0,
+    """Sums between two log lines. Loss, gradient-norm and skip statistics stay on the device
+    until the log step, so the hot loop adds no host synchronisation of its own."""
+    zero = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
+    return {"loss": zero(torch.float64), "n": 0,
             "clusters": torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64, device=device),
-            "time": 0.0, "steps": 0, "applied": 0, "grad_norm": 0.0, "ema_time": 0.0}
+            "time": 0.0, "steps": 0, "applied": zero(torch.int64), "grad_norm": zero(torch.float64),
+            "ema_time": 0.0}
 
 
 def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, objective) -> None:
@@ -123,11 +125,14 @@ class Trainer:
     flops_per_step: float
     batches: Optional[Iterator] = None  # set by `resume`, after the loader position is restored
     step: int = 0  # optimizer steps done (= the 0-based index of the step in progress)
-    skipped_total: int = 0
-    consecutive_bad: int = 0
+    # Skipped-step counters live on the device (0-d int64, set in `setup`) and are read only
+    # when a log line or a checkpoint is due.
+    skipped_total: Optional[torch.Tensor] = None
+    consecutive_bad: Optional[torch.Tensor] = None
+    longest_bad_run: Optional[torch.Tensor] = None  # most consecutive skipped steps since start/resume
 
     def trainer_state(self) -> dict:
-        return {"step": self.step, "skipped_steps": self.skipped_total, "rng": rng_state(),
+        return {"step": self.step, "skipped_steps": int(self.skipped_total), "rng": rng_state(),
                 "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
                 "loader": self.loader.state_dict()}
 
@@ -160,7 +165,10 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     config_yaml = to_yaml(cfg)
     ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env)
     trainer = Trainer(cfg, env, device, loader, objective, engine, gen_t, gen_noise, ckpt, config_yaml,
-                      flops_per_step=dit_train_flops(dit, local_batch * t.grad_accum))
+                      flops_per_step=dit_train_flops(dit, local_batch * t.grad_accum),
+                      skipped_total=torch.zeros((), dtype=torch.int64, device=device),
+                      consecutive_bad=torch.zeros((), dtype=torch.int64, device=device),
+                      longest_bad_run=torch.zeros((), dtype=torch.int64, device=device))
     faults.install(trainer)  # robustness tests only: a no-op unless their variables are set
     return trainer
 
@@ -171,7 +179,8 @@ def resume(tr: Trainer) -> None:
     resume_from = tr.ckpt.resolve(tr.cfg.checkpoint.resume)
     if resume_from:  # before anything is written: a checkpoint that does not fit fails cleanly
         state = tr.ckpt.load(resume_from, tr.engine, run_fingerprint(tr.cfg), tr.cfg.data.mode)
-        tr.step, tr.skipped_total = state["step"], state["skipped_steps"]
+        tr.step = state["step"]
+        tr.skipped_total.fill_(state["skipped_steps"])
         if "rng" in state:  # same world size: continue every stream exactly
             set_rng_state(state["rng"])
             tr.gen_t.set_state(state["gen_t"])
@@ -188,8 +197,9 @@ def resume(tr: Trainer) -> None:
 
 
 def train_step(tr: Trainer, window: dict) -> None:
-    """One optimizer step over `train.grad_accum` micro-batches; a non-finite step is skipped
-    (and too many in a row stop the run before anything bad is checkpointed)."""
+    """One optimizer step over `train.grad_accum` micro-batches. A non-finite step is skipped on
+    the device (no parameter, moment or EMA change) and counted there; `check_nonfinite` acts on
+    the counts when a log line or a checkpoint is due."""
     t, device = tr.cfg.train, tr.device
     tr.engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
     for micro in range(t.grad_accum):
@@ -201,46 +211,59 @@ def train_step(tr: Trainer, window: dict) -> None:
         window["n"] += 1
         add_cluster_sums(window["clusters"], per_sample, timesteps, tr.objective)
     result = tr.engine.step()
-    if result.applied:
-        tr.consecutive_bad = 0
-        ema_tic = time.perf_counter()
-        tr.engine.update_ema(t.ema_decay)
-        window["ema_time"] += time.perf_counter() - ema_tic
-        window["grad_norm"] += result.grad_norm
-        window["applied"] += 1
-    else:
-        tr.skipped_total += 1
-        tr.consecutive_bad += 1
-        if tr.env.is_main:
-            log.warning("step %d: non-finite loss/gradient, step skipped (%d in a row)", tr.step, tr.consecutive_bad)
-        if tr.consecutive_bad >= t.max_consecutive_nonfinite:
-            raise RuntimeError(
-                f"{tr.consecutive_bad} consecutive non-finite steps (train.max_consecutive_nonfinite="
-                f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
-                f"train.lr, set train.grad_clip, or check the data (data errors so far: {tr.loader.data_errors})"
-            )
+    ema_tic = time.perf_counter()
+    tr.engine.update_ema(t.ema_decay, result.applied)
+    window["ema_time"] += time.perf_counter() - ema_tic
+    applied = result.applied.to(device)
+    window["grad_norm"] += torch.where(applied, result.grad_norm.to(device, torch.float64), 0.0)
+    window["applied"] += applied
+    tr.skipped_total += ~applied
+    tr.consecutive_bad.mul_(~applied).add_(~applied)  # +1 when skipped, 0 when applied
+    torch.maximum(tr.longest_bad_run, tr.consecutive_bad, out=tr.longest_bad_run)
     tr.step += 1
 
 
+def check_nonfinite(tr: Trainer, longest_bad_run: int) -> None:
+    """Host read: stop the run when `train.max_consecutive_nonfinite` steps in a row were skipped.
+    Called at log and checkpoint steps, so the abort may come up to `train.log_every` steps after
+    the limit was reached, but always before a checkpoint (skipped steps change nothing anyway)."""
+    t = tr.cfg.train
+    if longest_bad_run >= t.max_consecutive_nonfinite:
+        raise RuntimeError(
+            f"{longest_bad_run} consecutive non-finite steps (train.max_consecutive_nonfinite="
+            f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
+            f"train.lr, set train.grad_clip, or check the data (data errors so far: {tr.loader.data_errors})"
+        )
+
+
 def window_metrics(tr: Trainer, window: dict) -> dict:
-    """Collective: the metrics of the steps since the last log line, averaged over ranks."""
+    """Collective: the metrics of the steps since the last log line, averaged over ranks (one
+    host read for all of them). Stops the run if too many non-finite steps came in a row."""
     t = tr.cfg.train
     stats = torch.cat([(window["loss"] / max(window["n"], 1)).reshape(1),
                        torch.tensor([float(tr.loader.data_errors)], dtype=torch.float64, device=tr.device),
                        window["clusters"].flatten()])
     if dist.is_initialized():
         dist.all_reduce(stats)
-    stats = stats.cpu()
+    # Norm and skip counts are identical on every rank (the engines agree on the step).
+    local = torch.stack([window["grad_norm"], window["applied"], tr.skipped_total,
+                         tr.longest_bad_run]).to(torch.float64)
+    stats, local = torch.cat([stats, local]).cpu().split([stats.numel(), local.numel()])
+    grad_norm_sum, applied, skipped_total, longest_bad_run = local.tolist()
+    skipped = window["steps"] - int(applied)
+    if skipped and tr.env.is_main:
+        log.warning("step %d: %d non-finite step(s) skipped since the last log line", tr.step, skipped)
+    check_nonfinite(tr, int(longest_bad_run))
     sums, counts = stats[2:].view(2, NUM_LOG_CLUSTERS)
     secs = window["time"] / window["steps"]
     metrics = {
         "loss": stats[0].item() / tr.env.world_size,
-        "grad_norm": window["grad_norm"] / max(window["applied"], 1),  # applied steps only
+        "grad_norm": grad_norm_sum / max(applied, 1),  # applied steps only
         "lr": t.lr * lr_factor(tr.step - 1, t.warmup_steps),
         "img_per_s": t.global_batch_size / secs,
         "tflops_per_rank": tr.flops_per_step / secs / 1e12,
         "ema_frac": window["ema_time"] / window["time"],
-        "skipped_steps": tr.skipped_total,
+        "skipped_steps": int(skipped_total),
         "data_errors": stats[1].item(),
         **tr.engine.memory_stats(),
     }
@@ -251,8 +274,10 @@ def window_metrics(tr: Trainer, window: dict) -> dict:
 
 
 def maybe_checkpoint(tr: Trainer, preempted: bool) -> None:
-    """Collective: save every `checkpoint.every` steps, at the last step and on preemption."""
+    """Collective: save every `checkpoint.every` steps, at the last step and on preemption,
+    unless the steps since the last log line hit the non-finite limit."""
     if tr.step % tr.cfg.checkpoint.every == 0 or tr.step == tr.cfg.train.max_steps or preempted:
+        check_nonfinite(tr, int(tr.longest_bad_run))
         path = tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml, run_fingerprint(tr.cfg))
         if tr.env.is_main:
             log.info("checkpoint %s", path)
@@ -279,7 +304,8 @@ def run(cfg: Config, env: DistEnv) -> int:
         in_loop = monitor.maybe_run(tr.step, tr.engine)  # sample grids / FID of the EMA, when due
         if in_loop:
             logger.log(tr.step, in_loop)
-        preempted = preempt.any_rank(tr.device)
+        # A collective with a host read: only every `train.preempt_check_every` steps.
+        preempted = tr.step % t.preempt_check_every == 0 and preempt.any_rank(tr.device)
         maybe_checkpoint(tr, preempted)
         if preempted:
             if env.is_main:

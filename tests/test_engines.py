@@ -107,7 +107,7 @@ def test_crash_during_checkpoint_write_keeps_latest(digits_shards, tmp_path):
 
 def test_sigterm_checkpoints_and_requeues(digits_shards, tmp_path):
     run_dir = str(tmp_path / "preempt")
-    flags = ["train.max_steps=8", "checkpoint.every=100"]
+    flags = ["train.max_steps=8", "checkpoint.every=100", "train.preempt_check_every=1"]
     # single process: the exit code reaches us directly
     proc = train(digits_shards, run_dir, *flags, nproc=1, env={"DTR_SCALE_SIGNAL_AT_STEP": "2"}, check=False)
     assert proc.returncode == 75, proc.stderr[-2000:]

@@ -119,11 +119,16 @@ class DeepSpeedEngine(Engine):
             self.ds.step()  # not a boundary: DeepSpeed only advances its micro-step counter
 
     def step(self):
+        # DeepSpeed decides the skip itself and reports it as a Python bool (its overflow check
+        # may read the device): the one engine whose step can synchronise with the host.
         self.ds.step()
         applied = bool(self.ds.was_step_applied())
         norm = self.ds.get_global_grad_norm()
-        norm = float("nan") if norm is None else float(norm)
-        return StepResult(norm if applied else float("nan"), applied)
+        if isinstance(norm, torch.Tensor) and applied:
+            norm = norm.detach().reshape(()).to(self.device, torch.float32)
+        else:
+            norm = torch.full((), float(norm) if applied and norm is not None else float("nan"), device=self.device)
+        return StepResult(norm, torch.full((), applied, dtype=torch.bool, device=self.device))
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:

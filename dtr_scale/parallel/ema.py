@@ -15,11 +15,18 @@ class LocalEMA:
         self.shadow = [t.detach().to(torch.float32).clone() for t in tensors]
 
     @torch.no_grad()
-    def update(self, tensors: list[torch.Tensor], decay: float) -> None:
+    def update(self, tensors: list[torch.Tensor], decay: float, applied: torch.Tensor | bool = True) -> None:
+        """`applied` False leaves the average as it is; as a device tensor it is decided on the
+        device (weight 0), so that a skipped step needs no host read."""
         if len(tensors) != len(self.shadow):
             raise RuntimeError(f"EMA tracks {len(self.shadow)} tensors, got {len(tensors)}")
         current = [t.detach().to(torch.float32) for t in tensors]
-        torch._foreach_lerp_(self.shadow, current, 1.0 - decay)
+        if not isinstance(applied, torch.Tensor):
+            if applied:
+                torch._foreach_lerp_(self.shadow, current, 1.0 - decay)
+            return
+        weight = applied.to(device=self.shadow[0].device, dtype=torch.float32) * (1.0 - decay)
+        torch._foreach_lerp_(self.shadow, current, [weight] * len(self.shadow))
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow}

@@ -7,7 +7,7 @@ The training loop only ever calls these methods, in this order per optimizer ste
             loss, per_sample = engine.module(x, t, y, noise)
             engine.backward(loss)
     result = engine.step()            # clip, skip if non-finite, optimizer step, zero grads
-    engine.update_ema(decay)          # where the parameters live
+    engine.update_ema(decay, result.applied)  # where the parameters live; a no-op if skipped
 
 plus `save`/`load` (the canonical, name-keyed training state that every engine exposes alike
 through `state_dict`/`load_state_dict`, see training_state.py, written and resharded by DCP) and
@@ -33,8 +33,9 @@ from . import training_state
 
 @dataclass
 class StepResult:
-    grad_norm: float  # global gradient norm before clipping (inf/nan when the step was skipped)
-    applied: bool  # False when the optimizer step was skipped (non-finite gradients)
+    """Device tensors, so that the loop reads them only when a log line is due."""
+    grad_norm: torch.Tensor  # 0-d: global gradient norm before clipping (inf/nan when skipped)
+    applied: torch.Tensor  # 0-d bool: False when the optimizer step was skipped (non-finite gradients)
 
 
 class Engine:
@@ -62,8 +63,8 @@ class Engine:
     def set_lr_factor(self, factor: float) -> None:
         set_lr(self.optimizer, factor)  # every engine keeps its (possibly wrapped) optimizer here
 
-    def update_ema(self, decay: float) -> None:
-        self.ema.update(self._local_dit(), decay)
+    def update_ema(self, decay: float, applied: torch.Tensor | bool = True) -> None:
+        self.ema.update(self._local_dit(), decay, applied)
 
     def _local_dit(self) -> list[torch.Tensor]:
         """The DiT's parameters as this rank holds them: full, DTensor shards or ZeRO-3 partitions."""

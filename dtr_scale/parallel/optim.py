@@ -1,8 +1,6 @@
 """Optimizer parameter groups, optimizer construction and the LR schedule, shared by every engine."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
@@ -31,28 +29,34 @@ def build_optimizer(groups: list[dict], betas: tuple[float, float], device: torc
     return torch.optim.AdamW(groups, betas=betas, eps=1e-8, fused=True)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float, scaler=None) -> tuple[float, bool]:
+def clip_and_step(optimizer: torch.optim.Optimizer, max_norm: float, scaler=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Clip the global gradient norm (0 = no clipping) and step, unless the norm is non-finite.
 
-    Returns (norm before clipping, whether the step was applied); the gradients are cleared
-    either way. With an fp16 GradScaler the gradients are unscaled first and a skipped step
-    halves the scale. Works on DTensor (FSDP2) gradients: their norm is reduced over the mesh.
+    Returns (norm before clipping, whether the step was applied) as device tensors, and decides
+    the skip on the device, with no host read: torch's fused AdamW takes a `found_inf` flag (the
+    way GradScaler drives it) and then leaves parameters, moments and step count untouched. The
+    gradients are cleared either way. With an fp16 GradScaler the scaler's own inf check skips the
+    step and halves the scale. Works on DTensor (FSDP2) gradients: their norm is reduced over the mesh.
     """
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
-    norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-    applied = math.isfinite(norm)
-    if applied and scaler is not None:
-        scaler.step(optimizer)
+    norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+    applied = torch.isfinite(norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # fused AdamW: the scaler passes its found_inf, no host read
         scaler.update()
-    elif applied:
+    elif optimizer.defaults.get("fused"):
+        optimizer.grad_scale, optimizer.found_inf = None, (~applied).to(torch.float32)
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+    elif applied:  # any other optimizer: a host read decides
         optimizer.step()
-    elif scaler is not None:
-        scaler.update(scaler.get_scale() / 2)
     optimizer.zero_grad(set_to_none=True)
-    return norm, applied
+    return norm.detach(), applied
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
