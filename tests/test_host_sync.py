@@ -1,0 +1,82 @@
+"""The training loop's hot path never reads a tensor back to the host: steps that are not log,
+checkpoint or preemption-check steps run without `.item()`, `.cpu()`, `bool()`, `float()`... on a
+tensor (on a GPU each of those would stall the launch queue). On CUDA the same is checked by
+torch's own sync detector."""
+import os
+import signal
+import sys
+
+import pytest
+import torch
+
+from dtr_scale import train
+from dtr_scale.config import load_config
+from dtr_scale.parallel.process_group import DistEnv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+def tiny_config(data_path, run_dir, *overrides):
+    return load_config(os.path.join(REPO, "configs", "digits-tiny.yaml"),
+                       [f"data.path={data_path}", f"checkpoint.dir={run_dir}", "train.global_batch_size=4",
+                        "checkpoint.resume=none", *overrides])
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """`run` installs the preemption handlers; give pytest its own back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_hot_loop_makes_no_host_read(digits_shards, tmp_path, monkeypatch, keep_signal_handlers):
+    steps = 6  # the log line, checkpoint and preemption check all fall on the last step only
+    cfg = tiny_config(digits_shards, str(tmp_path / "run"), f"train.max_steps={steps}",
+                      f"train.log_every={steps}", f"checkpoint.every={steps}", f"train.preempt_check_every={steps}")
+    reads: list[tuple[int, str, str]] = []  # (step in progress, method, caller)
+    state = {"step": None}
+
+    def counting(name, original):
+        def wrapper(self, *args, **kwargs):
+            if state["step"] is not None:
+                caller = sys._getframe(1)
+                reads.append((state["step"], name, f"{caller.f_code.co_filename}:{caller.f_lineno}"))
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    train_step = train.train_step
+
+    def marked_step(tr, window):
+        state["step"] = tr.step  # reads until the next step's start belong to this loop iteration
+        train_step(tr, window)
+
+    monkeypatch.setattr(train, "train_step", marked_step)
+    assert train.run(cfg, DistEnv()) == 0
+    hot = [r for r in reads if r[0] < steps - 1]
+    assert not hot, "host reads on hot steps:\n" + "\n".join(map(str, hot))
+    assert any(r[0] == steps - 1 for r in reads)  # the log/checkpoint step does read: the counter works
+
+
+@pytest.mark.gpu
+def test_steady_state_steps_do_not_synchronise_on_cuda(digits_shards, tmp_path, keep_signal_handlers):
+    """CUDA raises on any synchronising call while sync debug mode is "error"."""
+    cfg = tiny_config(digits_shards, str(tmp_path / "run"), "train.max_steps=100", "model.compile=false")
+    tr = train.setup(cfg, DistEnv())
+    train.resume(tr)
+    window = train.new_window(tr.device)
+    for _ in range(3):  # warm-up: allocator, cuBLAS handles, lazy optimizer state
+        train.train_step(tr, window)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            train.train_step(tr, window)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    metrics = train.window_metrics(tr, window)
+    assert metrics["skipped_steps"] == 0 and metrics["grad_norm"] > 0
