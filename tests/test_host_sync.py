@@ -80,3 +80,45 @@ def test_steady_state_steps_do_not_synchronise_on_cuda(digits_shards, tmp_path, 
         torch.cuda.set_sync_debug_mode("default")
     metrics = train.window_metrics(tr, window)
     assert metrics["skipped_steps"] == 0 and metrics["grad_norm"] > 0
+
+
+def test_nonfinite_step_is_skipped_on_the_device():
+    """A NaN step changes neither parameters, nor optimizer moments and step count, nor the EMA."""
+    from dtr_scale.models import RoutingConfig, create_model
+    from dtr_scale.objective import build_objective
+    from dtr_scale.parallel.factory import build_engine
+
+    cfg = load_config(None, ["train.global_batch_size=2", "train.grad_clip=1.0"])
+    torch.manual_seed(0)
+    dit = create_model("DiT-T/8", input_size=16, in_channels=4, num_classes=10, routing=RoutingConfig(0.8))
+    engine = build_engine(build_objective(cfg, dit), cfg, DistEnv(), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+
+    def step(scale):
+        x, y = torch.randn(2, 4, 16, 16, generator=gen), torch.arange(2)
+        loss, _ = engine.module(x, engine.objective.sample_timesteps(2, gen), y, torch.randn(x.shape, generator=gen))
+        engine.backward(loss * scale)
+        result = engine.step()
+        engine.update_ema(0.5, result.applied)
+        return result
+
+    def snapshot():
+        opt = [v.clone() for s in engine.optimizer.state.values() for v in s.values()]
+        return [p.detach().clone() for p in engine.objective.parameters()] + opt + [s.clone() for s in engine.ema.shadow]
+
+    assert step(1.0).applied.item()  # optimizer state exists from here on
+    before = snapshot()
+    result = step(float("nan"))
+    assert isinstance(result.applied, torch.Tensor) and not result.applied.item()
+    assert not torch.isfinite(result.grad_norm).item()
+    after = snapshot()
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
+    assert step(1.0).applied.item()
+    assert not all(torch.equal(a, b) for a, b in zip(snapshot(), before))  # applied steps do change them
+
+
+def test_preempt_check_every_is_validated(tmp_path):
+    from dtr_scale.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="train.preempt_check_every"):
+        validate(tiny_config(str(tmp_path), str(tmp_path / "run"), "train.preempt_check_every=0"))
