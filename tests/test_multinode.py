@@ -71,8 +71,12 @@ def run_nodes(cmds, run_dir, trace_dir, timeout=600) -> list[set]:
 def assert_nodes_write_apart(per_node: list[set], run_dir):
     assert not per_node[0] & per_node[1], sorted(per_node[0] & per_node[1])
     names = [{os.path.basename(p) for p in files} for files in per_node]
-    assert "metrics.jsonl" in names[0] and "latest" in names[0]  # rank 0's files
-    assert any("rank00001" in n or "rank_1" in n or "rank1" in n for n in names[1]), sorted(names[1])
+    # Which node hosts global rank 0 is the rendezvous's choice (torchrun's c10d orders nodes by
+    # arrival, not by SLURM_NODEID), so find it: exactly one node writes rank 0's shared files.
+    lead = [i for i, n in enumerate(names) if "metrics.jsonl" in n and "latest" in n]
+    assert len(lead) == 1, [sorted(n) for n in names]
+    other = names[1 - lead[0]]
+    assert any("rank00001" in n or "rank_1" in n or "rank1" in n for n in other), sorted(other)
     assert os.path.exists(os.path.join(run_dir, "step_000000003"))
 
 
