@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass
 from itertools import islice
