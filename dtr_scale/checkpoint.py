@@ -38,15 +38,19 @@ import torch
 from .atomic import atomic_write_text
 from .checkpoint_meta import LAYOUT, STATE_DIR, check_fingerprint, engine_label, read_meta, verify_checkpoint_files
 from .parallel.process_group import DistEnv, barrier
+from .safe_checkpoint_io import load_trainer_file
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 
 
 def rng_state() -> dict:
+    """The global RNG states as tensors and plain types, so that the trainer file loads with
+    `weights_only=True` (numpy's key array becomes an int64 tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),  # (version, tuple of ints, gauss_next): plain types already
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -55,8 +59,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # an ndarray in earlier versions
+    np.random.set_state((kind, keys.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(tuple(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -167,4 +173,4 @@ class CheckpointManager:
         state_file = os.path.join(path, f"trainer_rank{rank:05d}.pt")
         if not os.path.isfile(state_file):
             raise FileNotFoundError(f"checkpoint trainer state missing: {state_file}")
-        return torch.load(state_file, map_location="cpu", weights_only=False)
+        return load_trainer_file(state_file)

@@ -64,14 +64,11 @@ def check_fingerprint(path: str, saved: dict, current: dict) -> None:
 def verify_checkpoint_files(path: str, world_size: int) -> None:
     """Every file the DCP index (.metadata) references exists and is long enough, and every
     rank's trainer state is there."""
-    from torch.distributed.checkpoint import FileSystemReader
+    from .safe_checkpoint_io import read_dcp_metadata  # the index is a pickle: read through the allow-list
 
     state_dir = os.path.join(path, STATE_DIR)
-    index = os.path.join(state_dir, ".metadata")
-    if not os.path.isfile(index):
-        raise FileNotFoundError(f"checkpoint shard index missing: {index}")
     needed: dict[str, int] = {}
-    for info in FileSystemReader(state_dir).read_metadata().storage_data.values():
+    for info in read_dcp_metadata(state_dir).storage_data.values():
         needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
     for rel, size in sorted(needed.items()):
         shard = os.path.join(state_dir, rel)

@@ -40,14 +40,14 @@ def resolve_checkpoint(path: str) -> str:
 def read_ema(ckpt: str, model: DiT) -> dict[str, torch.Tensor]:
     """EMA weights (official names, fp32) and the routing masks from the canonical state of
     `ckpt`, read by DCP into full tensors in this one process, whichever engine wrote it."""
-    import torch.distributed.checkpoint as dcp
+    from .safe_checkpoint_io import dcp_load  # a checkpoint is untrusted input: nothing in it may run
 
     meta = read_meta(ckpt)
     verify_checkpoint_files(ckpt, meta["world_size"])
     want = {"ema": {n: torch.empty(p.shape, dtype=torch.float32) for n, p in model.named_parameters()}}
     if model.router is not None:
         want["model"] = {"dit.router.masks": torch.empty_like(model.router.masks)}
-    dcp.load(want, checkpoint_id=os.path.join(ckpt, STATE_DIR), no_dist=True)
+    dcp_load(want, os.path.join(ckpt, STATE_DIR), no_dist=True)
     out = want["ema"]
     if model.router is not None:
         out["router.masks"] = want["model"]["dit.router.masks"]

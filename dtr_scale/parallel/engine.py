@@ -26,6 +26,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from ..safe_checkpoint_io import dcp_load
 from .optim import set_lr
 from .process_group import DistEnv
 from . import training_state
@@ -91,7 +92,7 @@ class Engine:
     def load(self, path: str) -> None:
         """Collective: read a state that any engine on any world size saved, resharded by DCP."""
         state = self.state_template()
-        dcp.load(state, checkpoint_id=path)
+        dcp_load(state, path)  # the index and non-tensor entries are read without running code
         self.load_state_dict(state)
 
     def state_template(self) -> dict:

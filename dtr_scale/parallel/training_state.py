@@ -3,7 +3,7 @@
     {"model": {objective name: parameter or buffer},          # fp32 master values
      "ema":   {DiT parameter name: EMA tensor},
      "optim": {"state": {objective name: {"exp_avg", "exp_avg_sq", "step"}},
-               "param_groups": [{"params": [names], "lr", "betas", "eps", "weight_decay", "base_lr"}]}}
+               "param_groups": [{"lr", "betas", "eps", "weight_decay", "base_lr"}]}}  # float64 tensors
 
 Names are those of `DiffusionObjective.named_parameters()` ("dit.blocks.0.attn.qkv.weight",
 "weighting.log_vars", the buffer "dit.router.masks"); the EMA uses the DiT's own names, which is
@@ -12,7 +12,10 @@ what export writes. Values are plain full tensors (single, DDP, DeepSpeed) or DT
 saved by any engine on any world size loads into any other: DCP reshards on read.
 
 The param groups keep only the hyper-parameters every engine's optimizer has, so the saved
-structure is the same whichever optimizer class (torch AdamW, DeepSpeed FusedAdam) ran.
+structure is the same whichever optimizer class (torch AdamW, DeepSpeed FusedAdam) ran. They are
+float64 tensors (Python floats exactly), never Python objects: DCP pickles non-tensor entries, and
+a checkpoint must hold nothing that needs unpickling (see safe_checkpoint_io.py). Checkpoints of
+earlier versions hold them as plain floats (and the group's parameter names); those still load.
 """
 from __future__ import annotations
 
@@ -30,12 +33,19 @@ MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
 
 
 def canonical_groups(groups: list[dict], names: list[list[str]] | None = None) -> list[dict]:
-    """Param groups reduced to GROUP_KEYS; `names` replaces each group's params (DeepSpeed)."""
-    out = []
-    for i, g in enumerate(groups):
-        params = names[i] if names is not None else list(g["params"])
-        out.append({"params": params, **{k: (list(g[k]) if k == "betas" else g[k]) for k in GROUP_KEYS}})
-    return out
+    """Param groups reduced to GROUP_KEYS, as float64 tensors. Which parameters a group holds
+    follows from the model and the config (the fingerprint checks both), so it is not saved;
+    `names` is accepted for the engines that know them (DeepSpeed) and unused."""
+    del names
+    return [{k: torch.tensor([float(v) for v in g[k]] if k == "betas" else float(g[k]), dtype=torch.float64)
+             for k in GROUP_KEYS} for g in groups]
+
+
+def _plain(value) -> float | list[float]:
+    """A saved hyper-parameter: a tensor (this version) or a float/list (earlier checkpoints)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
 def apply_groups(groups: list[dict], loaded: list[dict]) -> None:
@@ -44,7 +54,7 @@ def apply_groups(groups: list[dict], loaded: list[dict]) -> None:
         raise ValueError(f"checkpoint has {len(loaded)} optimizer param groups, this run {len(groups)}")
     for g, saved in zip(groups, loaded):
         for k in GROUP_KEYS:
-            g[k] = tuple(saved[k]) if k == "betas" else saved[k]
+            g[k] = tuple(_plain(saved[k])) if k == "betas" else _plain(saved[k])
 
 
 def torch_state(objective: nn.Module, optimizer: torch.optim.Optimizer, ema: dict) -> dict:
