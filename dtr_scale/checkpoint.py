@@ -27,6 +27,7 @@ removed on the next save. Only the newest `checkpoint.keep` checkpoints are kept
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -36,11 +37,15 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text
+from .checkpoint_errors import CheckpointRefused
+from .checkpoint_storage import (check_usable, folder_bytes, needed_bytes, remove_leftovers, save_failure,
+                                 warn_if_short)
 from .checkpoint_meta import LAYOUT, STATE_DIR, check_fingerprint, engine_label, read_meta, verify_checkpoint_files
 from .parallel.process_group import DistEnv, barrier
 from .safe_checkpoint_io import load_trainer_file
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
+log = logging.getLogger("dtr_scale")
 
 
 def rng_state() -> dict:
@@ -105,42 +110,76 @@ class CheckpointManager:
             return []
         return sorted(d for d in os.listdir(self.root) if _STEP_DIR.match(d))
 
+    # -- start-up -----------------------------------------------------------------------------
+    def record_config(self, config_yaml: str, fingerprint: dict, overwrite: bool) -> None:
+        """Rank 0: write the run's `config.yaml`, never over another run's without
+        `checkpoint.overwrite=true` (a different model, routing or objective is another run)."""
+        if not self.env.is_main:
+            return
+        path = os.path.join(self.root, "config.yaml")
+        other = _other_run_config(path, fingerprint)
+        if other is not None:
+            if not overwrite:
+                raise CheckpointRefused(
+                    f"{path} belongs to another run ({other}); keeping it: choose a new checkpoint.dir, "
+                    "or set checkpoint.overwrite=true to replace it")
+            log.warning("replacing %s of another run (%s): checkpoint.overwrite=true", path, other)
+        atomic_write_text(path, config_yaml)
+
     # -- save ---------------------------------------------------------------------------------
     def save(self, step: int, engine, trainer_state: dict, config_yaml: str, fingerprint: dict) -> str:
-        """Collective. Returns the final checkpoint directory."""
+        """Collective. Returns the final checkpoint directory. A write that fails on any rank
+        (no space, read-only, I/O error) removes the partial folder, leaves `latest` and the
+        earlier checkpoints as they were, and raises CheckpointRefused with the cause."""
         name = f"step_{step:09d}"
         tmp = os.path.join(self.root, f".tmp-{name}")
         final = os.path.join(self.root, name)
+        error = None
         if self.env.is_main:
-            for leftover in os.listdir(self.root):
-                if leftover.startswith(".tmp-step_"):
-                    shutil.rmtree(os.path.join(self.root, leftover), ignore_errors=True)
-            os.makedirs(tmp)
-        barrier()
-        engine.save(os.path.join(tmp, STATE_DIR))
-        torch.save(trainer_state, os.path.join(tmp, f"trainer_rank{self.env.rank:05d}.pt"))
-        barrier()
+            remove_leftovers(self.root)
+            error = _attempt(os.makedirs, tmp)
+        if not _any_rank_failed(error, self.env):
+            error = _attempt(engine.save, os.path.join(tmp, STATE_DIR))  # collective: fails on every rank
+            if error is None:
+                error = _attempt(torch.save, trainer_state, os.path.join(tmp, f"trainer_rank{self.env.rank:05d}.pt"))
+        if _any_rank_failed(error, self.env):
+            self._raise_save_failure(final, tmp, error)
         if self.env.is_main:
-            with open(os.path.join(tmp, "config.yaml"), "w") as f:
-                f.write(config_yaml)
             meta = {"layout": LAYOUT, "step": step, "engine": engine.name, "engine_label": engine.describe(),
                     "zero_stage": getattr(engine, "stage", None), "world_size": self.env.world_size,
                     "fingerprint": fingerprint}
-            with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump(meta, f)
-            if os.path.isdir(final):  # re-saving a step after a resume: replace it whole
+            error = _attempt(_write_small_files, tmp, config_yaml, meta)
+            if error is not None:
+                self._raise_save_failure(final, tmp, error)
+            if os.path.isdir(final):  # re-saving a step after resuming from an earlier one
                 shutil.rmtree(final)
+                log.info("removed %s, to be replaced by the new save of that step", final)
             os.replace(tmp, final)
-            atomic_write_text(os.path.join(self.root, "latest"), name + "\n")
+            error = _attempt(atomic_write_text, os.path.join(self.root, "latest"), name + "\n")
+            if error is not None:  # the new checkpoint is complete; the pointer still names the old one
+                raise save_failure(os.path.join(self.root, "latest"), tmp, self.root, error,
+                                   self._needed(), latest_checkpoint(self.root))
             self._prune(keep_name=name)
         barrier()
         return final
+
+    def _needed(self) -> int | None:
+        latest = latest_checkpoint(self.root)
+        return folder_bytes(latest) if latest else None
+
+    def _raise_save_failure(self, final: str, tmp: str, error: BaseException | None) -> None:
+        if self.env.is_main:
+            raise save_failure(final, tmp, self.root, error or OSError("failed on another rank"),
+                               self._needed(), latest_checkpoint(self.root))
+        raise CheckpointRefused(f"checkpoint save failed: {final} could not be written "
+                                f"({'on rank 0' if error is None else error}); rank 0 reports the cause")
 
     def _prune(self, keep_name: str) -> None:
         done = self.completed()
         for old in done[: max(0, len(done) - self.keep)]:
             if old != keep_name:
                 shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+                log.info("removed %s (checkpoint.keep=%d)", os.path.join(self.root, old), self.keep)
 
     # -- load ---------------------------------------------------------------------------------
     def load(self, path: str, engine, fingerprint: dict, data_mode: str) -> dict:
@@ -174,3 +213,82 @@ class CheckpointManager:
         if not os.path.isfile(state_file):
             raise FileNotFoundError(f"checkpoint trainer state missing: {state_file}")
         return load_trainer_file(state_file)
+
+
+def prepare_checkpoint_dir(cfg, env: DistEnv) -> None:
+    """Collective, at start-up before the model is built: rank 0 checks that `checkpoint.dir` is
+    usable and has room for one more checkpoint, refuses `resume=none` over existing checkpoints
+    (unless `checkpoint.overwrite=true`, which removes them, each named in the log), and removes
+    the leftovers of an interrupted save."""
+    if env.is_main:
+        c = cfg.checkpoint
+        root = c.dir
+        check_usable(root)
+        existing = sorted(d for d in os.listdir(root) if _STEP_DIR.match(d))
+        pointer = os.path.join(root, "latest")
+        if c.resume == "none" and (existing or os.path.isfile(pointer)):
+            newest = existing[-1] if existing else "?"
+            step = int(newest[len("step_"):]) if existing else "?"
+            if not c.overwrite:
+                raise CheckpointRefused(
+                    f"checkpoint.dir {root} holds checkpoints of a run at step {step} ({newest}); "
+                    "--resume none would replace them: pass --resume auto to continue that run, choose a "
+                    "new checkpoint.dir, or set checkpoint.overwrite=true to delete them")
+            for name in existing:
+                shutil.rmtree(os.path.join(root, name))
+                log.warning("removed %s (checkpoint.overwrite=true, --resume none)", os.path.join(root, name))
+            if os.path.isfile(pointer):
+                os.remove(pointer)
+                log.warning("removed %s (checkpoint.overwrite=true, --resume none)", pointer)
+        remove_leftovers(root)
+        latest = latest_checkpoint(root) if c.resume != "none" else None
+        warn_if_short(root, *needed_bytes(root, latest, cfg))
+    barrier()
+
+
+def _other_run_config(path: str, fingerprint: dict) -> str | None:
+    """None when `path` is absent or records this run's fingerprint, else what differs."""
+    if not os.path.isfile(path):
+        return None
+    from .checkpoint_meta import fingerprint as config_fingerprint
+    from .config import load_config
+
+    try:
+        theirs = config_fingerprint(load_config(path))
+    except Exception as exc:  # another version's or a hand-edited config: not provably ours
+        return f"not readable as this version's config: {str(exc).splitlines()[0] if str(exc) else exc}"
+    diffs = [f"{section}.{key}: {theirs.get(section, {}).get(key)!r} there, {fingerprint[section].get(key)!r} here"
+             for section in fingerprint for key in sorted(set(theirs.get(section, {})) | set(fingerprint[section]))
+             if theirs.get(section, {}).get(key) != fingerprint[section].get(key)]
+    return "; ".join(diffs) if diffs else None
+
+
+def _attempt(fn, *args) -> BaseException | None:
+    """Run one write of a save; the error (DCP raises its own BaseException subclass) or None."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        fn(*args)
+    except (OSError, RuntimeError, CheckpointException) as exc:
+        return exc
+    return None
+
+
+def _any_rank_failed(error: BaseException | None, env: DistEnv) -> bool:
+    """Collective: whether any rank's write failed (so that all ranks stop together)."""
+    import torch.distributed as dist
+
+    if not (env.distributed and dist.is_initialized()):
+        return error is not None
+    from .parallel.process_group import local_device
+
+    flag = torch.tensor([0 if error is None else 1], device=local_device(env))
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _write_small_files(tmp: str, config_yaml: str, meta: dict) -> None:
+    with open(os.path.join(tmp, "config.yaml"), "w") as f:
+        f.write(config_yaml)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f)

@@ -113,6 +113,7 @@ class CheckpointSection:
     every: int = 5000
     keep: int = 3
     resume: str = "auto"  # auto | none | PATH
+    overwrite: bool = False  # let resume=none delete the checkpoints (and config.yaml) already in dir
 
 
 @dataclass

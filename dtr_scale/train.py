@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from . import faults
-from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng_state
+from .checkpoint import CheckpointManager, prepare_checkpoint_dir, rng_state, set_rng_state
+from .checkpoint_errors import CheckpointRefused
 from .checkpoint_meta import fingerprint as run_fingerprint
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
@@ -150,6 +151,7 @@ def rank_streams(seed: int, rank: int, step: int = 0) -> tuple[torch.Generator, 
 def setup(cfg: Config, env: DistEnv) -> Trainer:
     """Data, model, objective and engine, with the seeds that make every rank start identical."""
     validate(cfg, world_size=env.world_size)
+    prepare_checkpoint_dir(cfg, env)  # usable, room for a checkpoint, no one else's data at stake
     device = local_device(env)
     t = cfg.train
     local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
@@ -192,7 +194,7 @@ def resume(tr: Trainer) -> None:
             print(f"resumed from {resume_from} at step {tr.step}", flush=True)
     if tr.env.is_main:
         print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}):\n{tr.config_yaml}", flush=True)
-        atomic_write_text(os.path.join(tr.cfg.checkpoint.dir, "config.yaml"), tr.config_yaml)
+    tr.ckpt.record_config(tr.config_yaml, run_fingerprint(tr.cfg), tr.cfg.checkpoint.overwrite)
     tr.batches = infinite(tr.loader)
 
 
@@ -330,6 +332,11 @@ def main(argv=None) -> int:
     env = init_distributed()
     try:
         code = run(cfg, env)
+    except CheckpointRefused as exc:  # one line that names the file and the way on; no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if env.distributed:  # peers may wait in a collective that will never complete
+            os._exit(2)
+        return 2
     except BaseException:
         log.exception("rank %d failed", env.rank)
         # Exit hard: a clean destroy_process_group could wait on peers that will never arrive.
