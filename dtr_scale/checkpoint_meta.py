@@ -62,13 +62,16 @@ def check_fingerprint(path: str, saved: dict, current: dict) -> None:
 
 
 def verify_checkpoint_files(path: str, world_size: int) -> None:
-    """Every file the DCP index (.metadata) references exists and is long enough, and every
-    rank's trainer state is there."""
-    from .safe_checkpoint_io import read_dcp_metadata  # the index is a pickle: read through the allow-list
+    """Every file the DCP index (.metadata) references exists and is long enough, every rank's
+    trainer state is there, and none of the pickled files holds anything but DCP's metadata,
+    tensors and plain types (safe_checkpoint_io.py): a reader that needs only part of the
+    checkpoint (export, sampling) refuses a tampered folder as resume does."""
+    from .safe_checkpoint_io import check_byte_entries, load_trainer_file, read_dcp_metadata
 
     state_dir = os.path.join(path, STATE_DIR)
+    index = read_dcp_metadata(state_dir)
     needed: dict[str, int] = {}
-    for info in read_dcp_metadata(state_dir).storage_data.values():
+    for info in index.storage_data.values():
         needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
     for rel, size in sorted(needed.items()):
         shard = os.path.join(state_dir, rel)
@@ -78,7 +81,9 @@ def verify_checkpoint_files(path: str, world_size: int) -> None:
         if os.path.getsize(shard) < size:
             raise ValueError(f"checkpoint shard truncated: {shard} has {os.path.getsize(shard)} bytes, "
                              f"its index needs {size} (resume from an earlier checkpoint)")
+    check_byte_entries(state_dir, index)
     for rank in range(world_size):
         trainer = os.path.join(path, f"trainer_rank{rank:05d}.pt")
         if not os.path.isfile(trainer):
             raise FileNotFoundError(f"checkpoint trainer state missing: {trainer}")
+        load_trainer_file(trainer)

@@ -132,11 +132,38 @@ class SafeLoadPlanner(DefaultLoadPlanner):
             obj = torch.load(value, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             shard = os.path.join(os.fspath(self._state_dir), self._files.get(fqn, "?"))
-            raise refused(shard, f"unexpected object in entry {fqn!r} ({_first_line(exc)})") from None
+            raise refused(shard, f"{_describe_weights_only_error(exc)} in entry {fqn!r}") from None
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
         else:
             self.state_dict[read_item.dest_index.fqn] = obj
+
+
+def check_byte_entries(state_dir: str | os.PathLike, index: Metadata) -> None:
+    """Load every non-tensor entry of a DCP state weights-only (this version writes none;
+    earlier ones wrote the optimizer's hyper-parameters, a few bytes each), refusing the first
+    that holds anything else: readers that skip those entries still refuse a tampered state."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    state_dir = os.fspath(state_dir)
+    for fqn, md in index.state_dict_metadata.items():
+        if not isinstance(md, BytesStorageMetadata):
+            continue
+        info = index.storage_data.get(MetadataIndex(fqn))
+        if info is None:
+            raise refused(os.path.join(state_dir, ".metadata"), f"entry {fqn!r} without storage")
+        shard = os.path.join(state_dir, info.relative_path)
+        if getattr(info, "transform_descriptors", None):  # never written by dtr-scale
+            raise refused(shard, f"unexpected encoding {info.transform_descriptors} of entry {fqn!r}")
+        with open(shard, "rb") as f:
+            f.seek(info.offset)
+            data = io.BytesIO(f.read(info.length))
+        try:
+            torch.load(data, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise refused(shard, f"{_describe_weights_only_error(exc)} in entry {fqn!r}") from None
+        except (RuntimeError, EOFError) as exc:
+            raise refused(shard, f"unreadable entry {fqn!r} ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
