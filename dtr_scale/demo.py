@@ -109,6 +109,47 @@ def class_grid(samples_npz: str, path: str, per_class: int = 10) -> None:
     save_grid(images, path, nrow=per_class, labels=labels, upscale=6)
 
 
+# The demo's marker, written into OUT when the demo creates it: --fresh removes only folders that
+# carry it, and only the entries below (what a demo writes), each named in the log.
+MARKER = ".dtr-scale-demo"
+DEMO_ENTRIES = ("data", *VARIANTS, "logs", "demo-config.yaml", "report.json", "report.md", "loss_curves.png",
+                *(f"samples_{name}.png" for name in VARIANTS))
+
+
+def check_args(args) -> None:
+    for name in ("steps", "nproc", "num_samples", "flow_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.cfg_scale < 0:
+        raise ValueError(f"--cfg-scale {args.cfg_scale}: must be >= 0")
+
+
+def prepare_output(out: str, fresh: bool) -> str:
+    """OUT as the demo's own folder: new or empty (then marked), or marked by an earlier demo
+    (then resumed, or with `fresh` emptied of the demo's entries). Anything else is refused."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a directory")
+    marked = os.path.isfile(os.path.join(out, MARKER))
+    if os.path.isdir(out) and os.listdir(out) and not marked:
+        raise ValueError(f"--out {out} is not empty and was not written by the demo (no {MARKER} inside); "
+                         "choose a new or empty --out (an earlier version's demo output has no marker: delete it yourself)")
+    if fresh and marked:
+        for name in DEMO_ENTRIES:
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+            else:
+                continue
+            print(f"[demo] --fresh: removed {path}", flush=True)
+    os.makedirs(out, exist_ok=True)
+    if not marked:
+        with open(os.path.join(out, MARKER), "w") as f:
+            f.write("written by python -m dtr_scale.demo; --fresh removes only the demo's own entries here\n")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out")
@@ -121,13 +162,15 @@ def main(argv=None) -> int:
     p.add_argument("--objective", default="ddpm", choices=["ddpm", "flow"],
                    help="ddpm (DiT/DTR) or flow (SiT transport, Euler ODE sampling)")
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
-    p.add_argument("--fresh", action="store_true", help="delete OUT first (otherwise finished stages resume)")
+    p.add_argument("--fresh", action="store_true",
+                   help="delete what an earlier demo wrote in OUT first (otherwise finished stages resume)")
     args = p.parse_args(argv)
-
-    out = os.path.abspath(args.out)
-    if args.fresh and os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+    try:
+        check_args(args)
+        out = prepare_output(os.path.abspath(args.out), args.fresh)
+    except ValueError as exc:  # before anything is deleted or written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     stage = Stage(out)
     data = os.path.join(out, "data")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, PrepConfig, run_prep
+from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, ForeignOutputFolder, PrepConfig, run_prep
 from .parallel.process_group import init_distributed, shutdown
 
 
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop each rank after writing K new shards (to split a long job, or to "
                         "test resume); rerun to continue")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out that prep did not create (its files of the "
+                        "same names are replaced); without it such a folder is refused")
     return p
 
 
@@ -58,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
                      shard_size=args.shard_size, batch_size=args.batch_size,
                      vae_subfolder=args.vae_subfolder, allow_download=args.allow_download,
                      num_classes=args.num_classes, max_shards_this_run=args.max_shards_this_run,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, overwrite=args.overwrite)
     env = init_distributed()
     try:
         return run_prep(cfg, env)
+    except ForeignOutputFolder as exc:  # one line, nothing written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         shutdown()
 

@@ -43,6 +43,31 @@ class PrepConfig:
     num_classes: int | None = None
     max_shards_this_run: int | None = None
     progress: bool = True
+    overwrite: bool = False  # write into a non-empty folder that prep did not create
+
+
+class ForeignOutputFolder(ValueError):
+    """--out holds files that no prep run wrote (no `_progress/prep.json`, prep's marker)."""
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty --out without prep's marker: its files could be anyone's, and prep
+    would replace those named like its shards. An empty or new folder, or one an earlier prep
+    run marked (resume), is fine; `overwrite` accepts any folder."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ForeignOutputFolder(f"--out {out} is a file, not a directory; choose another --out")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or read_prep_identity(out) is not None:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise ForeignOutputFolder(
+            f"--out {out} holds {len(entries)} entries that prep did not write ({shown}; no "
+            f"{PROGRESS_DIR}/prep.json): choose an empty or new --out, or pass --overwrite to write there anyway")
+    print(f"prep: writing into {out}, which prep did not create (--overwrite): files named like its "
+          "shards will be replaced", file=sys.stderr)
 
 
 def _make_encoder(cfg: PrepConfig, source: ImageSource, env: DistEnv):
@@ -115,6 +140,8 @@ def _manifest_doc(cfg, source, encoder, resolution, records) -> dict:
 def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
     """Encode this rank's shards; rank 0 then writes the manifest. Returns a process exit code."""
     out = Path(cfg.out)
+    check_output_folder(out, cfg.overwrite)  # on every rank before any writes: same answer everywhere
+    barrier()
     out.mkdir(parents=True, exist_ok=True)
     source = open_source(cfg.source, cfg.shard_size)
     resolution = cfg.resolution or (DIGITS_RESOLUTION if cfg.source == "digits" else IMAGE_RESOLUTION)

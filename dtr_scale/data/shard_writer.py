@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -68,6 +69,8 @@ def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[dict])
     record = {"name": final.name, "count": count, "bytes": partial.stat().st_size,
               "sha256": sha256_file(partial), "max_class": max_class}
     atomic_write_bytes(_record_path(out_dir, index), json.dumps(record, sort_keys=True).encode())
+    if final.exists():  # an unfinished shard of ours, or a file --overwrite let us replace: say so
+        print(f"prep: replacing {final}", file=sys.stderr)
     os.replace(partial, final)
     return record
 
