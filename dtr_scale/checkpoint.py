@@ -22,7 +22,13 @@ the world size (data.mode=global).
 A checkpoint is written into `.tmp-step_.../`, renamed when every rank has finished, and only
 then does `latest` move (write to a temp file, then os.replace). A job killed at any moment
 therefore leaves `latest` pointing at a complete checkpoint; leftovers of an interrupted save are
-removed on the next save. Only the newest `checkpoint.keep` checkpoints are kept.
+removed at the next start-up and before each save, named in the log. Only the newest
+`checkpoint.keep` checkpoints are kept. A save that fails (no space, read-only, I/O error) removes
+its own partial folder and stops the run with one line (checkpoint_storage.py).
+
+Nothing here deletes what this run did not write: `resume=none` over existing checkpoints and a
+`config.yaml` of another run (another fingerprint) are refused unless `checkpoint.overwrite=true`.
+Every file is read through safe_checkpoint_io.py: opening a checkpoint runs no code from it.
 """
 from __future__ import annotations
 
@@ -38,8 +44,8 @@ import torch
 
 from .atomic import atomic_write_text
 from .checkpoint_errors import CheckpointRefused
-from .checkpoint_storage import (check_usable, folder_bytes, needed_bytes, remove_leftovers, save_failure,
-                                 warn_if_short)
+from .checkpoint_storage import (check_usable, failure_cause, folder_bytes, needed_bytes, remove_leftovers,
+                                 save_failure, warn_if_short)
 from .checkpoint_meta import LAYOUT, STATE_DIR, check_fingerprint, engine_label, read_meta, verify_checkpoint_files
 from .parallel.process_group import DistEnv, barrier
 from .safe_checkpoint_io import load_trainer_file
@@ -171,8 +177,9 @@ class CheckpointManager:
         if self.env.is_main:
             raise save_failure(final, tmp, self.root, error or OSError("failed on another rank"),
                                self._needed(), latest_checkpoint(self.root))
-        raise CheckpointRefused(f"checkpoint save failed: {final} could not be written "
-                                f"({'on rank 0' if error is None else error}); rank 0 reports the cause")
+        cause = "it failed on another rank" if error is None else failure_cause(error, self.root, self._needed())
+        raise CheckpointRefused(f"checkpoint save failed on rank {self.env.rank}: {final} could not be "
+                                f"written ({cause}); rank 0's message names the space needed and free")
 
     def _prune(self, keep_name: str) -> None:
         done = self.completed()
