@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 
 import pytest
 
@@ -73,7 +74,16 @@ def test_another_runs_config_is_kept(other_run, digits_shards, tmp_path, capsys)
     assert folder_digest(run_dir) == before
 
 
-def test_overwrite_names_what_it_removes(other_run, digits_shards, tmp_path, caplog):
+@pytest.fixture
+def keep_signal_handlers():
+    """A training run installs the preemption handlers; give pytest its own back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_overwrite_names_what_it_removes(other_run, digits_shards, tmp_path, caplog, keep_signal_handlers):
     run_dir = str(tmp_path / "run")
     shutil.copytree(other_run, run_dir)
     with caplog.at_level(logging.INFO, logger="dtr_scale"):

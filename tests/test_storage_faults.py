@@ -129,3 +129,20 @@ def test_checkpoint_dir_under_a_file_fails_fast(digits_shards, tmp_path, capsys)
     line = _fails_fast(digits_shards, str(blocker), capsys)
     assert f"checkpoint.dir {blocker} is a file" in line
     assert blocker.read_text() == "not a folder\n"
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_disk_full_on_two_ranks_stops_both_with_one_line_each(digits_shards, tmp_path):
+    """DDP over gloo: the ranks agree on the failure (one all-reduce), each prints one line, rank 0
+    removes the partial folder, and `latest` keeps naming the first checkpoint."""
+    with tmpfs(tmp_path / "mnt", "size=45m") as mnt:
+        run_dir = os.path.join(mnt, "run")
+        proc = train(digits_shards, run_dir, "parallel.engine=ddp", *STEPS, check=False, timeout=600)
+        assert proc.returncode != 0
+        lines = error_lines(proc.stderr)
+        assert len(lines) == 2 and all("No space left on device" in line for line in lines), proc.stderr[-3000:]
+        assert any("latest still names step_000000002" in line for line in lines)
+        with open(os.path.join(run_dir, "latest")) as f:
+            assert f.read().strip() == "step_000000002"
+        assert sorted(os.listdir(run_dir)) == ["config.yaml", "latest", "metrics.jsonl", "step_000000002", "tensorboard"]
