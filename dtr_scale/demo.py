@@ -132,7 +132,8 @@ def prepare_output(out: str, fresh: bool) -> str:
     marked = os.path.isfile(os.path.join(out, MARKER))
     if os.path.isdir(out) and os.listdir(out) and not marked:
         raise ValueError(f"--out {out} is not empty and was not written by the demo (no {MARKER} inside); "
-                         "choose a new or empty --out (an earlier version's demo output has no marker: delete it yourself)")
+                         "choose a new or empty --out (an earlier version's demo output has no marker: "
+                         "delete it yourself)")
     if fresh and marked:
         for name in DEMO_ENTRIES:
             path = os.path.join(out, name)

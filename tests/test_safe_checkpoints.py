@@ -180,5 +180,6 @@ def test_earlier_layout_loads_through_the_safe_path(clean_run, tmp_path):
     dcp_load(template, os.path.join(step_dir, "state"), no_dist=True)
     groups = [{} for _ in saved_groups]
     apply_groups(groups, template["optim"]["param_groups"])
-    assert groups[0]["lr"] == saved_groups[0]["lr"].item() and groups[1]["weight_decay"] == saved_groups[1]["weight_decay"].item()
+    assert groups[0]["lr"] == saved_groups[0]["lr"].item()
+    assert groups[1]["weight_decay"] == saved_groups[1]["weight_decay"].item()
     assert groups[0]["betas"] == tuple(saved_groups[0]["betas"].tolist())

@@ -145,4 +145,5 @@ def test_disk_full_on_two_ranks_stops_both_with_one_line_each(digits_shards, tmp
         assert any("latest still names step_000000002" in line for line in lines)
         with open(os.path.join(run_dir, "latest")) as f:
             assert f.read().strip() == "step_000000002"
-        assert sorted(os.listdir(run_dir)) == ["config.yaml", "latest", "metrics.jsonl", "step_000000002", "tensorboard"]
+        assert sorted(os.listdir(run_dir)) == ["config.yaml", "latest", "metrics.jsonl", "step_000000002",
+                                               "tensorboard"]
