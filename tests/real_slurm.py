@@ -23,6 +23,7 @@ NODES = ("n1", "n2")
 CPUS_PER_NODE = 2
 # A requeued job may start again only after the step credential lifetime (default 120 s).
 CRED_EXPIRE_S = 20
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
 
 
 def ensure_installed() -> str | None:
@@ -77,6 +78,11 @@ class Cluster:
         return self
 
     def stop(self) -> None:
+        if self.procs:
+            try:
+                self.stop_jobs()
+            except AssertionError:
+                pass  # stop the daemons anyway
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -188,6 +194,33 @@ class Cluster:
         _wait(reached, timeout, f"job {job_id} in {sorted(states)} (now {info.get('JobState')})",
               lambda: _tail(log_path) + self.logs())
         return info
+
+    def wait_requeued_or_ended(self, job_id: int, timeout: float, log_path: str | None = None) -> dict:
+        """Until the job was requeued (Restarts > 0: it may be pending or running again) or ended."""
+        info = {}
+
+        def reached():
+            nonlocal info
+            info = self.job(job_id)
+            return info.get("Restarts", "0") != "0" or info.get("JobState") in ENDED
+
+        _wait(reached, timeout, f"job {job_id} requeued or ended (now {info.get('JobState')})",
+              lambda: _tail(log_path) + self.logs())
+        return info
+
+    def stop_jobs(self, timeout: float = 120) -> None:
+        """Stop every job for good (the launch scripts' own stop: comment dtr-stop, then scancel) and
+        wait until they are gone, so that no training process outlives the cluster."""
+        out = self.tool("squeue", "-h", "-o", "%i").stdout.split()
+        for job in out:
+            self.tool("scontrol", "update", f"JobId={job}", "Comment=dtr-stop")
+            self.tool("scancel", job)
+
+        def gone():
+            listing = self.tool("squeue", "-h", "-o", "%i %T")
+            return listing.returncode == 0 and not listing.stdout.strip()
+        if out:
+            _wait(gone, timeout, "all jobs gone", self.logs)
 
     def logs(self) -> str:
         return "".join(f"--- {name} ---\n{_tail(os.path.join(self.root, name))}"
