@@ -55,7 +55,7 @@ case "$verb" in
         port="${MASTER_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
         # node_run.sh writes the hostfile and fills in {HOSTFILE}.
         export DTR_HOSTFILE_HOSTS=localhost DTR_HOSTFILE_SLOTS="$nproc"
-        cmd=("$PY" -m deepspeed.launcher.runner --hostfile "{HOSTFILE}" --no_ssh --node_rank=0
+        cmd=("$PY" "$DTR_SCALE_ROOT/launch/slurm/deepspeed_launcher.py" --hostfile "{HOSTFILE}" --no_ssh --node_rank=0
              --master_addr=127.0.0.1 "--master_port=$port" --module dtr_scale.train "${args[@]}")
         ;;
     *) dtr_die "unknown verb '$verb': use train, deepspeed-train, prep, sample, evaluate or export" ;;
