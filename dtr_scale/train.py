@@ -36,7 +36,7 @@ from .parallel.meta_init import build_objective_for_engine
 from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
-from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag, exit_now, ignore_preemption_signals
 
 log = logging.getLogger("dtr_scale")
 NUM_LOG_CLUSTERS = 8  # loss per timestep cluster, the way DTR/ANT users read training
@@ -310,11 +310,13 @@ def run(cfg: Config, env: DistEnv) -> int:
         preempted = tr.step % t.preempt_check_every == 0 and preempt.any_rank(tr.device)
         maybe_checkpoint(tr, preempted)
         if preempted:
+            done = tr.step == t.max_steps  # nothing left to do: a requeue would only exit again
             if env.is_main:
-                print(f"preemption signal received: checkpointed step {tr.step}, exiting with "
-                      f"{REQUEUE_EXIT_CODE} for requeue", flush=True)
+                print(f"preemption signal received: checkpointed step {tr.step}, " +
+                      ("the run is complete, exiting with 0" if done else
+                       f"exiting with {REQUEUE_EXIT_CODE} for requeue"), flush=True)
             logger.close()
-            return REQUEUE_EXIT_CODE
+            return 0 if done else REQUEUE_EXIT_CODE
     logger.close()
     return 0
 
@@ -332,6 +334,7 @@ def main(argv=None) -> int:
     env = init_distributed()
     try:
         code = run(cfg, env)
+        ignore_preemption_signals()  # checkpointed: a late signal must not change the exit code
     except CheckpointRefused as exc:  # one line that names the file and the way on; no traceback
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if env.distributed:  # peers may wait in a collective that will never complete
@@ -347,4 +350,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

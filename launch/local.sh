@@ -15,8 +15,9 @@
 #      launch/local.sh 2 deepspeed-train --config configs/digits-tiny.yaml parallel.zero_stage=2
 #
 # Inputs are validated first (launch/check_inputs.py). On GPUs use NPROC = number of GPUs.
-# `kill -USR1 <pid of this script>` makes a training run checkpoint and stop (exit code 75 with
-# NPROC=1 or deepspeed-train; torchrun reports it as 1); rerunning the same command resumes.
+# `kill -USR1 <pid of this script>` (or -TERM) makes a training run checkpoint and stop with exit
+# code 75, on every path (launch/slurm/torchrun.py passes the workers' code on); rerunning the
+# same command resumes.
 # Environment: PYTHON (interpreter), MASTER_PORT (deepspeed-train; default: a free port).
 set -euo pipefail
 
@@ -45,7 +46,7 @@ case "$verb" in
         if (( nproc == 1 )); then
             cmd=("$PY" -m "dtr_scale.$verb" "${args[@]}")
         else
-            cmd=("$PY" -m torch.distributed.run --standalone "--nproc_per_node=$nproc" -m "dtr_scale.$verb" "${args[@]}")
+            cmd=("$PY" "$DTR_SCALE_ROOT/launch/slurm/torchrun.py" --standalone "--nproc_per_node=$nproc" -m "dtr_scale.$verb" "${args[@]}")
         fi
         ;;
     deepspeed-train)
@@ -54,7 +55,7 @@ case "$verb" in
         port="${MASTER_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
         # node_run.sh writes the hostfile and fills in {HOSTFILE}.
         export DTR_HOSTFILE_HOSTS=localhost DTR_HOSTFILE_SLOTS="$nproc"
-        cmd=("$PY" -m deepspeed.launcher.runner --hostfile "{HOSTFILE}" --no_ssh --node_rank=0
+        cmd=("$PY" "$DTR_SCALE_ROOT/launch/slurm/deepspeed_launcher.py" --hostfile "{HOSTFILE}" --no_ssh --node_rank=0
              --master_addr=127.0.0.1 "--master_port=$port" --module dtr_scale.train "${args[@]}")
         ;;
     *) dtr_die "unknown verb '$verb': use train, deepspeed-train, prep, sample, evaluate or export" ;;

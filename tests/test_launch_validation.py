@@ -80,3 +80,13 @@ def test_hostlist_fallback_parser(nodelist, hosts):
     assert mod.expand(nodelist) == hosts
     with pytest.raises(ValueError):
         mod.expand("node[01-")
+
+
+def test_unresolvable_rendezvous_host_fails_the_check(digits_shards, tmp_path):
+    """A MASTER_ADDR that does not resolve would make every node retry its rendezvous for minutes."""
+    code, out, seen = submit(tmp_path, "--check", TRAIN, "--config", TINY_CONFIG, f"data.path={digits_shards}",
+                             MASTER_ADDR="no-such-host.invalid")
+    assert code == 2 and seen == []
+    assert "rendezvous host 'no-such-host.invalid' (MASTER_ADDR" in out and "does not resolve" in out
+    code, out, _ = submit(tmp_path, "--check", TRAIN, "--config", TINY_CONFIG, f"data.path={digits_shards}")
+    assert code == 0 and "rendezvous host 127.0.0.1 resolves" in out, out

@@ -8,6 +8,7 @@
 #                    dtr_scale/parallel/process_group.py, so two jobs on one node do not collide)
 #   NPROC_PER_NODE   processes per node (default: SLURM_GPUS_ON_NODE, else 1 = CPU-only)
 #   REQUEUE_ON_TERM  1 (default): requeue after SIGTERM too (preemption); 0: only after USR1
+#                    (to stop one job for good whatever it was submitted with: launch/stop.sh JOBID)
 #   MAX_REQUEUES     stop requeueing after this many restarts (default 50; SLURM_RESTART_COUNT)
 #   FORWARD_WITH_SCANCEL  1: forward signals with `scancel --signal` instead of signalling srun
 #
@@ -50,6 +51,25 @@ dtr_hosts() {
 dtr_master_addr() {
     if [[ -n "${MASTER_ADDR:-}" ]]; then printf '%s' "$MASTER_ADDR"
     else dtr_hosts | head -n 1; fi
+}
+
+# dtr_check_host HOST: the rendezvous host must resolve here; a name that does not makes every
+# node retry its rendezvous for minutes before anything says why.
+dtr_check_host() {
+    local ok=0
+    if command -v getent >/dev/null 2>&1; then getent ahosts "$1" >/dev/null 2>&1 && ok=1
+    else "$(dtr_python)" -c 'import socket, sys; socket.getaddrinfo(sys.argv[1], None)' "$1" 2>/dev/null && ok=1
+    fi
+    (( ok )) || dtr_die "rendezvous host '$1' (MASTER_ADDR; default: the first node of SLURM_JOB_NODELIST) does" \
+        "not resolve on $(hostname): set MASTER_ADDR to an address (or a name) the nodes resolve"
+    dtr_log "rendezvous host $1 resolves"
+}
+
+# --check on the login node: MASTER_ADDR, when given, must resolve (the nodes' names are only
+# known, and checked, once the job starts).
+dtr_check_master_addr_if_set() {
+    if [[ -n "${MASTER_ADDR:-}" ]]; then dtr_check_host "$MASTER_ADDR"
+    else dtr_log "rendezvous host: the job's first node (checked when the job starts)"; fi
 }
 
 dtr_master_port() {
@@ -134,29 +154,48 @@ dtr_run_step() {
     dtr_log "step finished with exit code $rc${DTR_SIGNAL:+ (after SIG$DTR_SIGNAL)}"
 }
 
-# After the step: requeue when it stopped for a signal (torchrun reports the workers' 75 as 1,
-# so the signal itself is the evidence) or when it exited 75 (REQUEUE_EXIT_CODE) by itself.
-# Exits the batch script.
+# One field of `scontrol show job` for this job ("" when scontrol is missing or fails).
+dtr_job_field() {
+    { scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null || true; } | tr ' ' '\n' | sed -n "s/^$1=//p" | head -n 1
+}
+
+# After the step: requeue when it exited 75 (REQUEUE_EXIT_CODE: the training processes
+# checkpointed after a signal; every launcher path passes the code on), or when it failed after a
+# signal without it (killed before its checkpoint: the requeued job resumes from the previous
+# one). Not when the job was already requeued from outside (`scontrol requeue`), when a stop was
+# asked for (launch/stop.sh sets the job's comment to dtr-stop), after SIGTERM with
+# REQUEUE_ON_TERM=0, or after MAX_REQUEUES restarts. Exits the batch script.
 dtr_finish() {
-    local rc="$DTR_STEP_RC" want=0
-    [[ -n "$DTR_SIGNAL" && "$rc" != 0 ]] && want=1
-    [[ "$rc" == 75 ]] && want=1
+    local rc="$DTR_STEP_RC" restarts="${SLURM_RESTART_COUNT:-0}" now
+    if [[ "$rc" != 75 ]]; then
+        [[ -n "$DTR_SIGNAL" && "$rc" != 0 ]] || exit "$rc"
+        dtr_log "the step failed with $rc after SIG$DTR_SIGNAL, before its checkpoint (exit 75):" \
+            "requeueing anyway; the run resumes from its previous checkpoint"
+    fi
+    now="$(dtr_job_field Restarts)"
+    if [[ "$now" =~ ^[0-9]+$ ]] && (( now > restarts )); then
+        dtr_log "job $SLURM_JOB_ID was already requeued from outside (scontrol requeue; restart $now);" \
+            "it resumes from the latest checkpoint"
+        exit 0
+    fi
+    if [[ "$(dtr_job_field Comment)" == dtr-stop ]]; then
+        dtr_log "stop requested (launch/stop.sh): not requeueing; the same submit command resumes the run"
+        exit "$rc"
+    fi
     if [[ "$DTR_SIGNAL" == TERM && "${REQUEUE_ON_TERM:-1}" == 0 ]]; then
-        dtr_log "SIGTERM and REQUEUE_ON_TERM=0: not requeueing"
-        want=0
+        dtr_log "SIGTERM and REQUEUE_ON_TERM=0: not requeueing; the same submit command resumes the run"
+        exit "$rc"
     fi
-    if (( want )); then
-        local restarts="${SLURM_RESTART_COUNT:-0}" limit="${MAX_REQUEUES:-50}"
-        if (( restarts >= limit )); then
-            dtr_log "not requeueing: already restarted $restarts times (MAX_REQUEUES=$limit)"
-            exit "$rc"
-        fi
-        dtr_log "requeueing job $SLURM_JOB_ID (restart $((restarts + 1))); it resumes from the latest checkpoint"
-        if scontrol requeue "$SLURM_JOB_ID"; then
-            exit 0
-        fi
-        dtr_log "scontrol requeue failed (was the job submitted with --requeue?); resubmit by hand"
+    local limit="${MAX_REQUEUES:-50}"
+    if (( restarts >= limit )); then
+        dtr_log "not requeueing: already restarted $restarts times (MAX_REQUEUES=$limit)"
+        exit "$rc"
     fi
+    dtr_log "requeueing job $SLURM_JOB_ID (restart $((restarts + 1))); it resumes from the latest checkpoint"
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        exit 0
+    fi
+    dtr_log "scontrol requeue failed (was the job submitted with --requeue?); resubmit by hand"
     exit "$rc"
 }
 
@@ -170,6 +209,7 @@ dtr_srun_verb() {
     local py
     py="$(dtr_python)"
     if (( CHECK_ONLY )); then
+        dtr_check_master_addr_if_set
         dtr_check "$verb" "" -- "$@"
         dtr_show_cmd "$py" -m "dtr_scale.$verb" "$@"
         exit 0
@@ -179,6 +219,7 @@ dtr_srun_verb() {
     MASTER_PORT="$(dtr_master_port)"
     export MASTER_ADDR MASTER_PORT
     dtr_show_env
+    dtr_check_host "$MASTER_ADDR"
     dtr_check "$verb" "" -- "$@"
     local srun_opts cmd
     mapfile -t srun_opts < <(dtr_srun_opts)

@@ -8,13 +8,16 @@
 # - With DTR_HOSTFILE_HOSTS="h1 h2 ..." and DTR_HOSTFILE_SLOTS=N it writes an MPI-style hostfile
 #   (`h1 slots=N`) on this node's local disk and replaces `{HOSTFILE}` in ARGS with its path, so
 #   the deepspeed launcher needs no shared filesystem for it.
-# - The launcher starts with SIGUSR1 and SIGTERM ignored (inherited across exec), and torchrun is
-#   told not to handle SIGTERM: otherwise torchrun dies on USR1 (default action) or kills its
-#   workers 30 s after a TERM, possibly in the middle of a checkpoint. The training processes
-#   install their own handlers (dtr_scale/preemption.py), which override the inherited SIG_IGN.
-# - On USR1/TERM this wrapper sends USR1 to every descendant of the launcher, and again every
-#   RELAY_INTERVAL seconds (default 10) until the launcher exits: a worker that was still starting
-#   up (handler not installed yet) gets the message on a later round. The launchers ignore it.
+# - The launcher starts with SIGTERM and SIGUSR1 blocked (launch/slurm/blocked_exec.py; the mask
+#   is inherited across exec and fork), so neither its default action nor its own handler runs:
+#   torchrun would forward a TERM and SIGKILL its workers 30 s later, the deepspeed launcher kills
+#   them at once and exits 1. torchrun is also told not to handle SIGTERM (PET_SIGNALS_TO_HANDLE,
+#   the variable torch reads; launch/slurm/torchrun.py sets the same default). The training
+#   processes install their handlers and unblock the signals (dtr_scale/preemption.py).
+# - On USR1/TERM this wrapper sends USR1 once to every descendant of the launcher that catches or
+#   blocks USR1 (/proc/PID/status), and looks again every RELAY_INTERVAL seconds (default 2) for
+#   processes started since, until the launcher exits. A process that is exiting has its handler
+#   reset to the default action and is never signalled twice, so the relay cannot kill it.
 # Exits with the launcher's exit code.
 set -euo pipefail
 
@@ -57,10 +60,28 @@ descendants() {
     done
 }
 
+# True when PID catches or blocks USR1 (bit 10 of SigCgt/SigBlk): a USR1 cannot kill it.
+usr1_safe() {
+    local key value
+    while read -r key value; do
+        case "$key" in
+            SigBlk:|SigCgt:) (( (16#$value >> 9) & 1 )) && return 0 ;;
+        esac
+    done <"/proc/$1/status" 2>/dev/null
+    return 1
+}
+
 relay_loop() {
+    local -A signalled=()
+    local pid
     while kill -0 "$launcher_pid" 2>/dev/null; do
-        for pid in $(descendants "$launcher_pid"); do kill -s USR1 "$pid" 2>/dev/null || true; done
-        sleep "${RELAY_INTERVAL:-10}"
+        for pid in $(descendants "$launcher_pid"); do
+            [[ -n "${signalled[$pid]:-}" ]] && continue
+            usr1_safe "$pid" || continue
+            signalled[$pid]=1
+            kill -s USR1 "$pid" 2>/dev/null || true
+        done
+        sleep "${RELAY_INTERVAL:-2}"
     done
 }
 
@@ -76,11 +97,9 @@ traps=0
 trap 'traps=$((traps + 1)); on_signal USR1' USR1
 trap 'traps=$((traps + 1)); on_signal TERM' TERM
 
-(
-    trap '' USR1 TERM
-    export TORCHELASTIC_SIGNALS_TO_HANDLE="SIGINT,SIGHUP,SIGQUIT"
-    exec "${cmd[@]}"
-) &
+PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGINT,SIGHUP,SIGQUIT}" \
+    "${PYTHON:-$(command -v python || command -v python3)}" "$(dirname "${BASH_SOURCE[0]}")/blocked_exec.py" \
+    "${cmd[@]}" &
 launcher_pid=$!
 
 while :; do

@@ -1,5 +1,10 @@
 """Run the launch scripts against the fake SLURM tools in this folder (tests only).
 
+The launch scripts' SLURM paths (training, preemption, requeue, prep/sample/evaluate) run under a
+real SLURM in tests/test_real_slurm.py. The fakes stay for what that cannot show cheaply: that a
+failed validation never reaches sbatch (tests/test_launch_validation.py) and per-task traces of a
+2-node run (tests/test_multinode.py). The process helpers below are shared by all launch tests.
+
 Every run gets a timeout; on timeout the whole process tree is killed (torchrun workers live in
 their own sessions, so killing the process group would leave them behind) and the test fails
 with the captured output.
