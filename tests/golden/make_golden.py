@@ -25,6 +25,9 @@ import numpy as np
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from launch_helpers import flatten  # noqa: E402  (the checkpoint tests' walk over nested state)
+
 TINY_CONFIG = os.path.join(REPO, "configs", "digits-tiny.yaml")
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pre_redesign.json")
 
@@ -75,17 +78,6 @@ def tensor_record(t: torch.Tensor, head: bool = True) -> dict | str:
             "head": [float(v) for v in first.to(torch.float64)] if t.is_floating_point() else first.tolist()}
 
 
-def _flatten(obj, prefix=""):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten(v, f"{prefix}/{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _flatten(v, f"{prefix}/{i}")
-
-
 def checkpoint_tensors(step_dir: str, scratch: str) -> dict:
     """sha256 record of every tensor of a checkpoint's canonical state (model, EMA, optimizer)."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -95,7 +87,7 @@ def checkpoint_tensors(step_dir: str, scratch: str) -> dict:
     state = torch.load(target, map_location="cpu", weights_only=True)
     os.remove(target)
     # First values for the weights (to see how far a mismatch goes), hashes for the rest.
-    return {path: tensor_record(t, head=path.startswith("/model/")) for path, t in sorted(_flatten(state))}
+    return {path: tensor_record(t, head=path.startswith("/model/")) for path, t in sorted(flatten(state))}
 
 
 def checkpoint_schema(step_dir: str) -> dict:
