@@ -27,7 +27,7 @@ from dtr_scale.config import load_config
 from dtr_scale.diffusion import create_diffusion
 from dtr_scale.flow import Sampler, create_transport
 from dtr_scale.models import RoutingConfig, create_model
-from dtr_scale.objective import build_objective
+from dtr_scale.objective import build_objective, objective_class
 from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.process_group import DistEnv
 
@@ -40,7 +40,7 @@ def build_trainer(args, objective: str):
     torch.manual_seed(0)
     dit = create_model(args.model, input_size=args.input_size, in_channels=args.channels,
                        routing=RoutingConfig(sharing_ratio=0.8),
-                       time_input="continuous" if objective == "flow" else "discrete")
+                       time_input=objective_class(objective).time_input)
     obj = build_objective(cfg, dit)
     return obj, build_engine(obj, cfg, DistEnv(), torch.device("cpu"))
 

@@ -10,7 +10,7 @@ The same run measures `data.mode=global` (GlobalLoader: tar index built at start
 read by a positioned read, per-position flip and eps): its rate with 1 and 2 workers against the
 model (goal >= 20x with one worker) and against the streaming loader (goal >= 0.5x), the cost of
 building the tar index, and the training loop's per-sample draws of t, noise and label dropout
-(`DiffusionObjective.positioned_draws`) against the per-rank generator draws of the other modes.
+(`randomness.PositionDraws`) against the per-rank generator draws of the other modes.
 
     python benchmarks/loader.py [--batch-size 8] [--shards 16] [--per-shard 256] [--steps 5]
         [--device cuda --model-batch 256 --out benchmarks/results/loader_gpu.json]
@@ -72,10 +72,11 @@ def draw_rates(batch_size: int, rounds: int = 50) -> tuple[float, float]:
     from its position (global mode) vs from the rank's generators (the streaming modes)."""
     from dtr_scale.diffusion import create_diffusion
     from dtr_scale.models import create_model
-    from dtr_scale.objective import DiffusionObjective
+    from dtr_scale.objective import DDPMObjective
+    from dtr_scale.randomness import training_inputs
 
     dit = create_model("DiT-T/2", input_size=32, in_channels=4, num_classes=1000)
-    objective = DiffusionObjective(dit, create_diffusion(diffusion_steps=1000), seed=0)
+    objective = DDPMObjective(dit, create_diffusion(diffusion_steps=1000))
     gen_t, gen_noise = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     x, y = torch.zeros(batch_size, 4, 32, 32), torch.zeros(batch_size, dtype=torch.long)
     cpu = torch.device("cpu")
@@ -86,9 +87,9 @@ def draw_rates(batch_size: int, rounds: int = 50) -> tuple[float, float]:
             draw(r)
         return rounds * batch_size / (time.perf_counter() - t0)
 
-    per_position = rate(lambda r: objective.draw_inputs(
-        GlobalBatch(x, y, torch.arange(r * batch_size, (r + 1) * batch_size)), gen_t, gen_noise, cpu))
-    per_rank = rate(lambda r: objective.draw_inputs((x, y), gen_t, gen_noise, cpu))
+    per_position = rate(lambda r: training_inputs(
+        objective, GlobalBatch(x, y, torch.arange(r * batch_size, (r + 1) * batch_size)), gen_t, gen_noise, 0, cpu))
+    per_rank = rate(lambda r: training_inputs(objective, (x, y), gen_t, gen_noise, 0, cpu))
     return per_position, per_rank
 
 

@@ -8,22 +8,23 @@ naming the cause before anything is loaded or written.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 LAYOUT = 2  # 1: engine-native files under engine/ (before the canonical DCP state)
 STATE_DIR = "state"
+# The model settings the weights' shapes and meaning depend on (also what export records).
+MODEL_KEYS = ("name", "input_size", "in_channels", "num_classes", "learn_sigma", "class_dropout_prob")
 
 
 def fingerprint(cfg) -> dict:
-    m, d = cfg.model, cfg.diffusion
+    from .objective import objective_class
+
+    m = cfg.model
     return {
-        "model": {k: getattr(m, k) for k in ("name", "input_size", "in_channels", "num_classes", "learn_sigma",
-                                             "class_dropout_prob")},
+        "model": {k: getattr(m, k) for k in MODEL_KEYS},
         "routing": dict(vars(m.routing)),
-        # the LR of ANT-UW's weights is a training choice, not part of the objective
-        "objective": {k: v for k, v in dataclasses.asdict(d).items() if k != "ant_lr"},  # flow.* nested
+        "objective": objective_class(cfg.diffusion.objective).fingerprint(cfg),
     }
 
 

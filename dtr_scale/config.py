@@ -20,6 +20,7 @@ import yaml
 from .models.attention import ATTENTION_BACKENDS
 from .models.dit import DIT_MODELS
 from .models.routing import RoutingConfig
+from .objective import objective_class, objective_names
 
 
 class ConfigError(ValueError):
@@ -55,8 +56,8 @@ class FlowSection:
 
 @dataclass
 class DiffusionSection:
-    objective: str = "ddpm"  # ddpm (DiT/ADM) | flow (SiT)
-    flow: Optional[FlowSection] = None  # settings of objective=flow (defaults filled in)
+    objective: str = "ddpm"  # a registered objective (dtr_scale/objective/): ddpm (DiT/ADM) | flow (SiT)
+    flow: Optional[FlowSection] = None  # the flow objective's section (defaults filled in when chosen)
     schedule: str = "linear"  # linear (DiT) | cosine (ANT)
     steps: int = 1000
     loss_weighting: str = "constant"  # constant | min_snr | p2 | ant_uw
@@ -143,7 +144,6 @@ CHOICES = {
     "model.attention": ATTENTION_BACKENDS,
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.loss_weighting": ("constant", "min_snr", "p2", "ant_uw"),
-    "diffusion.objective": ("ddpm", "flow"),
     "data.mode": ("epoch", "resampled", "global"),
     "data.on_error": ("skip", "raise"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -296,37 +296,30 @@ def _get(cfg: Config, key: str) -> Any:
     return node
 
 
-def validate_flow(cfg: Config) -> None:
-    """objective=flow fills in the flow defaults; flow settings without it are a mistake."""
-    from .flow import PATHS, PREDICTIONS
-
+def validate_objective(cfg: Config) -> None:
+    """The objective's own sub-section of `diffusion` is filled with its defaults; another
+    objective's sub-section is a mistake; then the objective checks its settings."""
     d = cfg.diffusion
-    if d.objective != "flow":
-        if d.flow is not None:
-            raise ConfigError("diffusion.flow: flow settings given but diffusion.objective="
-                              f"{d.objective!r}; set diffusion.objective=flow or remove diffusion.flow")
-        return
-    d.flow = d.flow or FlowSection()
-    f = d.flow
-    allowed = {"diffusion.flow.path": (f.path, PATHS), "diffusion.flow.prediction": (f.prediction, PREDICTIONS),
-               "diffusion.flow.loss_weight": (f.loss_weight, (None, "velocity", "likelihood")),
-               "diffusion.flow.time_sampling": (f.time_sampling, ("uniform", "logit_normal"))}
-    for key, (value, options) in allowed.items():
-        if value not in options:
-            raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(map(str, options))}")
-    for key, value in (("train_eps", f.train_eps), ("sample_eps", f.sample_eps)):
-        if value is not None and not 0.0 <= value < 0.5:
-            raise ConfigError(f"diffusion.flow.{key}: got {value!r}; must be in [0, 0.5) or null (SiT's default)")
-    if f.logit_std <= 0:
-        raise ConfigError(f"diffusion.flow.logit_std: got {f.logit_std!r}; must be > 0")
-    if d.loss_weighting != "constant":
-        raise ConfigError(f"diffusion.loss_weighting: got {d.loss_weighting!r} with objective=flow; flow weights "
-                          "its loss with diffusion.flow.loss_weight (set diffusion.loss_weighting=constant)")
+    if d.objective not in objective_names():
+        raise bad_value("diffusion.objective", d.objective, f"allowed: {', '.join(objective_names())}")
+    chosen = objective_class(d.objective)
+    for name in objective_names():
+        section = objective_class(name).config_section
+        if section and name != d.objective and getattr(d, section) is not None:
+            raise ConfigError(f"diffusion.{section}: {section} settings given but diffusion.objective="
+                              f"{d.objective!r}; set diffusion.objective={name} or remove diffusion.{section}")
+    if chosen.config_section and getattr(d, chosen.config_section) is None:
+        section_type = typing.get_args(typing.get_type_hints(DiffusionSection)[chosen.config_section])[0]
+        setattr(d, chosen.config_section, section_type())
+    try:
+        chosen.validate_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def validate(cfg: Config, world_size: int | None = None) -> Config:
     """Range and choice checks; with `world_size`, also the batch split across ranks."""
-    validate_flow(cfg)
+    validate_objective(cfg)
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         if value not in allowed:
@@ -347,12 +340,6 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
                 f"world size {world_size} × train.grad_accum {cfg.train.grad_accum} = {per_step}; "
                 f"use a multiple of {per_step}"
             )
-    if cfg.data.mode == "global" and cfg.diffusion.loss_weighting == "ant_uw":
-        # ANT-UW weighs per-cluster means of each rank's batch: not a sum of per-sample terms, so
-        # its loss (not just its timesteps) would change with the world size.
-        raise ConfigError("diffusion.loss_weighting=ant_uw cannot be used with data.mode=global: ANT-UW "
-                          "averages losses per timestep cluster within each rank's batch, which depends on "
-                          "the world size; use data.mode=resampled|epoch, or another diffusion.loss_weighting")
     if cfg.parallel.engine != "deepspeed" and cfg.parallel.offload:
         raise ConfigError("parallel.offload: CPU offload is a DeepSpeed feature; set parallel.engine=deepspeed")
     return cfg

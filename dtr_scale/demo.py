@@ -81,6 +81,19 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# What the demo shows of each objective: the loss axis, the report's title, the config keys the
+# objective does not read, its sampler's options and how the report names them.
+DEMO_OBJECTIVES = {
+    "ddpm": {"loss": "training loss (MSE + VB)", "title": "", "unused_keys": (),
+             "solver": lambda a: ["sampler=ddim", f"steps={a.sampling_steps}"],
+             "sampling": lambda a: a.sampling_steps},
+    "flow": {"loss": "training loss (velocity MSE)", "title": " (flow matching)",
+             "unused_keys": ("schedule",),  # the flow defaults are SiT's (Linear, velocity)
+             "solver": lambda a: ["ode_method=euler", f"num_steps={a.flow_steps}"],
+             "sampling": lambda a: f"Euler ODE, {a.flow_steps} steps"},
+}
+
+
 def plot_losses(curves: dict[str, list[dict]], path: str, objective: str = "ddpm") -> None:
     import matplotlib
 
@@ -92,7 +105,7 @@ def plot_losses(curves: dict[str, list[dict]], path: str, objective: str = "ddpm
         rows = [r for r in rows if "loss" in r]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=f"{name} (β={VARIANTS[name]})")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (MSE + VB)" if objective == "ddpm" else "training loss (velocity MSE)")
+    ax.set_ylabel(DEMO_OBJECTIVES[objective]["loss"])
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -160,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int, default=300, help="samples per variant for the FD")
     p.add_argument("--sampling-steps", default="ddim20")
     p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--objective", default="ddpm", choices=["ddpm", "flow"],
+    p.add_argument("--objective", default="ddpm", choices=list(DEMO_OBJECTIVES),
                    help="ddpm (DiT/DTR) or flow (SiT transport, Euler ODE sampling)")
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
     p.add_argument("--fresh", action="store_true",
@@ -181,11 +194,10 @@ def main(argv=None) -> int:
     config["train"]["max_steps"] = args.steps
     config["parallel"]["engine"] = args.engine
     config["diffusion"]["objective"] = args.objective
-    if args.objective == "flow":
-        del config["diffusion"]["schedule"]  # a DDPM setting; the flow defaults are SiT's (Linear, velocity)
-        solver = ["ode_method=euler", f"num_steps={args.flow_steps}"]
-    else:
-        solver = ["sampler=ddim", f"steps={args.sampling_steps}"]
+    shown = DEMO_OBJECTIVES[args.objective]
+    for key in shown["unused_keys"]:
+        del config["diffusion"][key]
+    solver = shown["solver"](args)
     config_path = os.path.join(out, "demo-config.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -228,7 +240,7 @@ def main(argv=None) -> int:
     plot_losses({name: read_metrics(os.path.join(out, name, "run")) for name in VARIANTS},
                 os.path.join(out, "loss_curves.png"), args.objective)
     wall = time.perf_counter() - start
-    sampling = args.sampling_steps if args.objective == "ddpm" else f"Euler ODE, {args.flow_steps} steps"
+    sampling = shown["sampling"](args)
     summary = {"wall_seconds": wall, "objective": args.objective, "engine": args.engine, "nproc": args.nproc, "model": config["model"]["name"],
                "global_batch_size": config["train"]["global_batch_size"], "sampling_steps": sampling,
                "cfg_scale": args.cfg_scale, "variants": results, "stage_seconds": stage.times}
@@ -242,7 +254,7 @@ def main(argv=None) -> int:
 def write_markdown(s: dict, path: str) -> None:
     lines = [
         "# dtr-scale demo: routed DiT on the digits"
-        + (" (flow matching)" if s.get("objective") == "flow" else ""),
+        + DEMO_OBJECTIVES[s.get("objective", "ddpm")]["title"],
         "",
         f"{s['model']} trained with `parallel.engine={s['engine']}` on {s['nproc']} processes "
         f"(global batch {s['global_batch_size']}), sampled with {s['sampling_steps']} and CFG {s['cfg_scale']}, "

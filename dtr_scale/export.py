@@ -4,14 +4,13 @@ Consolidates the EMA weights of a training checkpoint (any engine, any world siz
 same canonical DCP state) into one file in the official DiT layout, offline, in one process.
 Writes FILE.pt as {"ema": state_dict, "dtr_scale": metadata}, which the official DiT sampling
 script loads (it takes "ema"), and FILE.safetensors with the same tensors and metadata. The
-metadata carries the model and routing config (with the DiT's time input), the objective (ddpm |
-flow, with the flow settings) and the data's latent scale, so `load_weights` and the sampler can
+metadata carries the model and routing config (with the DiT's time input), the objective's part
+(its name and settings, written by the objective) and the data's latent scale, so `load_weights` and the sampler can
 rebuild the model without the training config.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -20,11 +19,11 @@ import torch
 
 from .atomic import atomic_write, atomic_write_bytes
 from .checkpoint import latest_checkpoint
-from .checkpoint_meta import STATE_DIR, read_meta, verify_checkpoint_files
+from .checkpoint_meta import MODEL_KEYS, STATE_DIR, read_meta, verify_checkpoint_files
 from .config import load_config
 from .models import DiT, load_pretrained, official_state_dict
 from .models.pretrained import EXPORT_FORMAT
-from .objective import dit_from_config
+from .objective import dit_from_config, objective_class
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -69,15 +68,13 @@ def checkpoint_ema(checkpoint: str) -> tuple[DiT, dict]:
         step = json.load(f)["step"]
     meta = {
         "format": EXPORT_FORMAT,
-        "model": {k: getattr(cfg.model, k) for k in ("name", "input_size", "in_channels", "num_classes",
-                                                      "learn_sigma", "class_dropout_prob")}
+        "model": {k: getattr(cfg.model, k) for k in MODEL_KEYS}
                  | {"time_input": model.time_input},  # flow: float t in [0, 1], rebuilt the same way
         "routing": model.routing.to_dict() if model.routing else None,
         "step": step,
         "checkpoint": os.path.abspath(ckpt),
-        "diffusion": {"schedule": cfg.diffusion.schedule, "steps": cfg.diffusion.steps},
-        "objective": cfg.diffusion.objective,  # so the sampler needs no objective=/flow flags
-        "flow": dataclasses.asdict(cfg.diffusion.flow) if cfg.diffusion.flow is not None else None,
+        # schedule, objective name and its settings: the sampler needs no objective flags
+        **objective_class(cfg.diffusion.objective).export_metadata(cfg),
         "data": data_identity(cfg.data.path),
     }
     return model, meta

@@ -5,8 +5,8 @@ Every `train.sample_every` steps rank 0 writes a class-balanced sample grid of t
 ranks sample `eval.num_samples` images together (each its contiguous block of indices; sample i
 depends only on (seed, i)), extract features, all-reduce the statistics and log the Fréchet
 distance to the reference (`eval.ref`, default: the training shards in pixel mode) as `eval_fd`
-(FID with the inception extractor). Flow runs sample with an Euler ODE over as many steps as
-`eval.sampling_steps` names (its digits: "250" or "ddim50" → 250 or 50).
+(FID with the inception extractor). The objective builds the sampler from `eval.sampling_steps`
+(DDPM respaced; flow: an Euler ODE over that many steps).
 
 The consolidated EMA comes from `engine.export_ema()` (collective; rank 0 gets it) and is
 broadcast into an eval copy of the DiT on every rank, so this works under every engine.
@@ -19,15 +19,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .diffusion import create_diffusion
-from .flow import create_transport
 from .evaluation.collectives import rank_slice
 from .evaluation.extractors import build_extractor
 from .evaluation.pipeline import compute_metrics, extract, prepare_reference
 from .models import load_pretrained
-from .objective import dit_from_config
+from .objective import dit_from_config, objective_class
 from .sampling import generate, make_decoder, save_grid
-from .sampling.flow import FlowSolver
 
 
 class _RankBlock:
@@ -44,19 +41,6 @@ class _RankBlock:
         return self.images[b0 - self.start:b1 - self.start]
 
 
-def in_loop_sampler(cfg):
-    """DDPM respaced as `eval.sampling_steps`, or for flow runs the run's transport solved by an
-    Euler ODE (fixed grid: a sample does not depend on its batch) over that many steps."""
-    d = cfg.diffusion
-    if d.objective == "flow":
-        steps = int("".join(ch for ch in cfg.eval.sampling_steps if ch.isdigit()) or 50)
-        f = d.flow
-        transport = create_transport(f.path, f.prediction, f.loss_weight, f.train_eps, f.sample_eps)
-        return FlowSolver(transport, "ode", "euler", steps + 1)  # steps + 1 grid times = steps Euler steps
-    return create_diffusion(timestep_respacing=cfg.eval.sampling_steps, noise_schedule=d.schedule,
-                            learn_sigma=cfg.model.learn_sigma, diffusion_steps=d.steps)
-
-
 class InLoopMonitor:
     def __init__(self, cfg, env, device: torch.device, data_identity: dict):
         self.cfg, self.env, self.device = cfg, env, device
@@ -65,7 +49,7 @@ class InLoopMonitor:
             return
         # A separate eval copy: same architecture, no activation checkpointing.
         self.model = dit_from_config(cfg, checkpointing=0.0).to(device).eval()
-        self.diffusion = in_loop_sampler(cfg)
+        self.diffusion = objective_class(cfg.diffusion.objective).eval_sampler(cfg)
         self.decoder = make_decoder(None, {"data": data_identity}, device=device)
         self.reference = None
         self.extractor = None

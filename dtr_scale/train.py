@@ -37,6 +37,7 @@ from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag, exit_now, ignore_preemption_signals
+from .randomness import rank_streams, training_inputs
 
 log = logging.getLogger("dtr_scale")
 NUM_LOG_CLUSTERS = 8  # loss per timestep cluster, the way DTR/ANT users read training
@@ -101,10 +102,11 @@ def new_window(device: torch.device) -> dict:
             "ema_time": 0.0}
 
 
-def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, objective) -> None:
+def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, timesteps: torch.Tensor, objective) -> None:
     """Add [sum of losses, count] per timestep cluster into the (2, K) float64 `clusters`
-    (the objective bins its own time: DDPM steps or flow t, bin 0 the least noisy)."""
-    k = objective.timestep_clusters(t, NUM_LOG_CLUSTERS).to(clusters.device)
+    (the objective bins its own time: DDPM steps or flow t, bin 0 the least noisy). In this
+    file `t` is always the train section of the config."""
+    k = objective.timestep_clusters(timesteps, NUM_LOG_CLUSTERS).to(clusters.device)
     clusters[0].index_add_(0, k, per_sample.detach().to(torch.float64))
     clusters[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
 
@@ -136,16 +138,6 @@ class Trainer:
         return {"step": self.step, "skipped_steps": int(self.skipped_total), "rng": rng_state(),
                 "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
                 "loader": self.loader.state_dict()}
-
-
-def rank_streams(seed: int, rank: int, step: int = 0) -> tuple[torch.Generator, torch.Generator]:
-    """Per-rank generators for timesteps and noise (returned), and the global stream that label
-    dropout draws from (seeded). Exact resume restores their states; a resume on another world
-    size reseeds them deterministically from the step instead."""
-    base = seed + 1_000_003 * step
-    torch.manual_seed(base * 31 + rank)
-    return (torch.Generator().manual_seed(base * 7919 + rank),
-            torch.Generator().manual_seed(base * 104729 + rank))
 
 
 def setup(cfg: Config, env: DistEnv) -> Trainer:
@@ -205,7 +197,8 @@ def train_step(tr: Trainer, window: dict) -> None:
     t, device = tr.cfg.train, tr.device
     tr.engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
     for micro in range(t.grad_accum):
-        x, y, timesteps, noise, drop = tr.objective.draw_inputs(next(tr.batches), tr.gen_t, tr.gen_noise, device)
+        x, y, timesteps, noise, drop = training_inputs(tr.objective, next(tr.batches), tr.gen_t, tr.gen_noise,
+                                                       t.seed, device)
         with tr.engine.accumulate(sync=micro == t.grad_accum - 1):
             loss, per_sample = tr.engine.module(x, timesteps, y, noise, drop)
             tr.engine.backward(loss)

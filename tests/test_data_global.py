@@ -116,15 +116,16 @@ def test_ant_uw_with_global_mode_is_a_config_error():
 
 
 def test_training_draws_follow_the_position_not_the_batch():
-    from dtr_scale.models import create_model
-    from dtr_scale.objective import DiffusionObjective
     from dtr_scale.diffusion import create_diffusion
+    from dtr_scale.models import create_model
+    from dtr_scale.objective import DDPMObjective
+    from dtr_scale.randomness import PositionDraws
 
     torch.manual_seed(0)
     dit = create_model("DiT-T/2", input_size=8, in_channels=1, num_classes=10, class_dropout_prob=0.5)
-    objective = DiffusionObjective(dit, create_diffusion(diffusion_steps=1000), seed=5)
-    t, noise, drop = objective.positioned_draws(torch.arange(40, 48), (1, 8, 8))
-    t2, noise2, drop2 = objective.positioned_draws(torch.tensor([44, 47]), (1, 8, 8))
+    objective = DDPMObjective(dit, create_diffusion(diffusion_steps=1000))
+    t, noise, drop = objective.draw_inputs(torch.zeros(8, 1, 8, 8), PositionDraws(5, torch.arange(40, 48)))
+    t2, noise2, drop2 = objective.draw_inputs(torch.zeros(2, 1, 8, 8), PositionDraws(5, torch.tensor([44, 47])))
     assert torch.equal(t[[4, 7]], t2) and torch.equal(noise[[4, 7]], noise2) and torch.equal(drop[[4, 7]], drop2)
     assert len(set(t.tolist())) > 4 and 0 < int(drop.sum()) < 8
     # An explicit drop mask replaces the DiT's own draw: dropped labels become the null class.

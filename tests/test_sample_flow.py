@@ -11,7 +11,7 @@ from dtr_scale.flow import create_transport
 from dtr_scale.models import RoutingConfig, create_model, load_pretrained, official_state_dict
 from dtr_scale.sample import main
 from dtr_scale.sampling import GuidedDenoiser, PixelDecoder, generate, load_sampling_model
-from dtr_scale.sampling.flow import FlowSolver
+from dtr_scale.objective import FlowSolver
 from launch_helpers import run_module
 from test_sample_weights import TINY, write_tiny_weights
 

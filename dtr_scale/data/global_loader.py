@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .global_order import LOAD_TAG, EpochOrder, micro_batch_positions, sample_generator
+from ..randomness import LOAD_TAG, position_generator
+from .global_order import EpochOrder, micro_batch_positions
 from .loader import ManifestFacts
 from .manifest import check_data_path, verify_shards
 from .shard_format import check_sample, decode_array, decode_class, stored_shape
@@ -75,7 +76,7 @@ class _MicroBatches(Dataset):
         return data, cls
 
     def _latent(self, data: bytes, position: int) -> np.ndarray:
-        g = sample_generator(self.seed, position, LOAD_TAG)
+        g = position_generator(self.seed, position, LOAD_TAG)
         flip = int(torch.randint(0, 2, (1,), generator=g)) if self.random_flip else 0
         arr = decode_array(data)[flip].astype(np.float32)
         if arr.ndim == 4:  # moments: (2 [mean, std], C, H, W)

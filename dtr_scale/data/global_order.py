@@ -20,39 +20,14 @@ the cluster shape; only the floating-point order of the gradient reduction does.
 Per-sample randomness
 ---------------------
 Every random draw for a sample (the flip, the moments' ε, the timestep, the noise, label
-dropout) comes from a generator seeded by (seed, global position, purpose), so it is the same
-whichever rank draws it. Two visits of a sample in two epochs get different draws.
+dropout) comes from a generator seeded by (seed, global position, purpose) (randomness.py), so it
+is the same whichever rank draws it. Two visits of a sample in two epochs get different draws.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-# Purposes kept apart in the per-sample seeds.
-ORDER_TAG, LOAD_TAG, TRAIN_TAG = 404, 505, 606
-_MASK = (1 << 64) - 1
-
-
-def _splitmix64(z: int) -> int:
-    z = (z + 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 64-bit seed from integers, each folded in by the splitmix64 mixer, so neighbouring
-    positions get unrelated seeds. Pure integer arithmetic: ~15x cheaper than numpy's
-    SeedSequence, which matters at one call per sample."""
-    h = 0
-    for p in parts:
-        h = _splitmix64(h ^ (int(p) & _MASK))
-    return h
-
-
-def sample_generator(seed: int, position: int, tag: int) -> torch.Generator:
-    """The generator of one sample's draws for one purpose (torch's: cheap to create, unlike numpy's)."""
-    return torch.Generator().manual_seed(derive_seed(seed, position, tag))
+from ..randomness import ORDER_TAG, derive_seed
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:

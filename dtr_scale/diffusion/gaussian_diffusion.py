@@ -20,12 +20,12 @@ import torch
 
 from .likelihood import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .loss_weighting import loss_weight_table
-from .sampling import SamplingMixin
+from .reverse_process import ReverseProcessMixin
 
 _LN2 = float(np.log(2.0))
 
 
-class GaussianDiffusion(SamplingMixin):
+class GaussianDiffusion(ReverseProcessMixin):
     """ε-prediction diffusion over a given β schedule (float64 constants, gathered per call)."""
 
     def __init__(

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from ..diffusion.likelihood import mean_flat
 from .paths import PATHS, VPPath, expand_like, make_path
 
 PREDICTIONS = ("velocity", "noise", "score")
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
-
-
-def mean_flat(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=list(range(1, x.dim())))
 
 
 def default_eps(path_type: str, prediction: str, train_eps, sample_eps) -> tuple[float, float]:

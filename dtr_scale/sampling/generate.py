@@ -3,9 +3,11 @@
     images, labels = generate(model, diffusion, range(64), seed=0, cfg_scale=4.0,
                               labels="balanced", decoder=PixelDecoder(), batch_size=16)
 
-`diffusion` is a DDPM diffusion (sampler=ddpm|ddim) or a flow.FlowSolver (flow matching: SiT's
-ODE/SDE; `sampler` and `eta` are then unused). Sample i depends only on (seed, i) (see rng.py), so a training run's sample grid at step k and
-the CLI's samples from the exported weights of step k show the same images for the same seed.
+`diffusion` is any objective's sampler: `create_diffusion(...)` (DDPM, sampler=ddpm|ddim) or a
+`FlowSolver` (flow matching: SiT's ODE/SDE; `sampler` and `eta` are then unused); all offer
+`sample(denoiser, shape, y=, noise_fn=, device=, sampler=, eta=)`. Sample i depends only on
+(seed, i) (see randomness.py), so a training run's sample grid at step k and the CLI's samples from
+the exported weights of step k show the same images for the same seed.
 """
 from __future__ import annotations
 
@@ -15,9 +17,8 @@ import numpy as np
 import torch
 
 from .decode import PixelDecoder, to_uint8
-from .flow import FlowSolver
+from ..randomness import PerSampleNoise, draw_labels, sample_generators
 from .guidance import GuidedDenoiser
-from .rng import PerSampleNoise, draw_labels, sample_generators
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -58,15 +59,8 @@ def sample_latents(model, diffusion, indices: Sequence[int], *, seed: int,
     denoiser = denoiser or GuidedDenoiser(model, cfg_scale=cfg_scale, cfg_channels=cfg_channels,
                                           precision=precision, guidance_interval=guidance_interval)
     shape = (len(indices), model.in_channels, model.input_size, model.input_size)
-    if isinstance(diffusion, FlowSolver):
-        z = diffusion.sample(denoiser, shape, y=y.to(device), noise_fn=PerSampleNoise(generators), device=device)
-        return z, y
-    common = dict(clip_denoised=False, model_kwargs={"y": y.to(device)}, device=device,
-                  noise_fn=PerSampleNoise(generators))
-    if sampler == "ddpm":
-        z = diffusion.p_sample_loop(denoiser, shape, **common)
-    else:
-        z = diffusion.ddim_sample_loop(denoiser, shape, eta=eta, **common)
+    z = diffusion.sample(denoiser, shape, y=y.to(device), noise_fn=PerSampleNoise(generators), device=device,
+                         sampler=sampler, eta=eta)
     return z, y
 
 

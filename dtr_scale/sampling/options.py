@@ -1,5 +1,9 @@
 """The sampler's `key=value` options: defaults, help text and validation.
 
+An option that only one objective's sampler reads carries that objective's name in its field
+metadata ("objective"); such options must stay at their default for weights of another objective,
+and a sampling run's fingerprint holds the options of the weights' objective only.
+
 Parsing and typing are the training config's (`config.from_key_values`), so a bad option gets the
 same message as a bad training override: the key, the value given and what is allowed."""
 from __future__ import annotations
@@ -9,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config import bad_value, from_key_values
-from dtr_scale.flow import DIFFUSION_FORMS, ODE_METHODS, PATHS, PREDICTIONS, SDE_METHODS
-
-from .flow import FLOW_SAMPLERS
+from ..flow import DIFFUSION_FORMS, ODE_METHODS, PATHS, PREDICTIONS, SDE_METHODS
+from ..objective import DEFAULT_OBJECTIVE, objective_class, objective_names
+from ..objective.flow import FLOW_SAMPLERS
 from .generate import SAMPLERS
 from .guidance import PRECISIONS
 
@@ -20,10 +24,10 @@ from .guidance import PRECISIONS
 class SampleOptions:
     num_samples: int = field(default=50000, metadata={"help": "images to generate (indices 0..N-1)"})
     seed: int = field(default=0, metadata={"help": "run seed in [0, 2**32); sample i depends only on (seed, i)"})
-    sampler: str = field(default="ddpm", metadata={"help": "ddpm (ancestral) | ddim"})
-    steps: Optional[str] = field(default=None, metadata={"none_words": ("none", "default"),
+    sampler: str = field(default="ddpm", metadata={"objective": "ddpm", "help": "ddpm (ancestral) | ddim"})
+    steps: Optional[str] = field(default=None, metadata={"objective": "ddpm", "none_words": ("none", "default"),
         "help": "respacing: '250', 'ddim50', section lists '10,15,20' (default 250 for ddpm, ddim50 for ddim)"})
-    eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 = deterministic given x_T)"})
+    eta: float = field(default=0.0, metadata={"objective": "ddpm", "help": "DDIM eta (0 = deterministic given x_T)"})
     cfg_scale: float = field(default=1.5, metadata={
         "help": "classifier-free guidance scale; 1.0 = no guidance (no doubled batch)"})
     cfg_channels: Optional[int] = field(default=None, metadata={"none_words": ("all", "none", "default"),
@@ -48,23 +52,23 @@ class SampleOptions:
         "help": "ddpm | flow; default: the weights' metadata (ddpm if it names none)"})
     model: Optional[str] = field(default=None, metadata={"none_words": ("none", "default", "metadata"),
         "help": "model name (DiT-XL/2; SiT-XL/2 = the same network) for weights without metadata"})
-    flow_path: Optional[str] = field(default=None, metadata={"none_words": ("default", "metadata"),
+    flow_path: Optional[str] = field(default=None, metadata={"objective": "flow", "none_words": ("default", "metadata"),
         "help": "flow: Linear | GVP | VP; default: the weights' metadata, else Linear (SiT)"})
-    flow_prediction: Optional[str] = field(default=None, metadata={"none_words": ("default", "metadata"),
+    flow_prediction: Optional[str] = field(default=None, metadata={"objective": "flow", "none_words": ("default", "metadata"),
         "help": "flow: velocity | noise | score; default: the weights' metadata, else velocity"})
-    flow_sampler: str = field(default="ode", metadata={"help": "flow: ode | sde"})
-    ode_method: str = field(default="dopri5", metadata={"help": "flow ODE solver (torchdiffeq): euler | heun2 | dopri5 | ..."})
-    num_steps: int = field(default=250, metadata={"help": "flow: times on the ODE/SDE grid (SiT's sample.py: 250)"})
-    atol: float = field(default=1e-6, metadata={"help": "flow ODE absolute tolerance (adaptive solvers)"})
-    rtol: float = field(default=1e-3, metadata={"help": "flow ODE relative tolerance (adaptive solvers)"})
-    sde_method: str = field(default="Euler", metadata={"help": "flow SDE: Euler (Euler-Maruyama) | Heun"})
-    diffusion_form: str = field(default="sigma", metadata={
+    flow_sampler: str = field(default="ode", metadata={"objective": "flow", "help": "flow: ode | sde"})
+    ode_method: str = field(default="dopri5", metadata={"objective": "flow", "help": "flow ODE solver (torchdiffeq): euler | heun2 | dopri5 | ..."})
+    num_steps: int = field(default=250, metadata={"objective": "flow", "help": "flow: times on the ODE/SDE grid (SiT's sample.py: 250)"})
+    atol: float = field(default=1e-6, metadata={"objective": "flow", "help": "flow ODE absolute tolerance (adaptive solvers)"})
+    rtol: float = field(default=1e-3, metadata={"objective": "flow", "help": "flow ODE relative tolerance (adaptive solvers)"})
+    sde_method: str = field(default="Euler", metadata={"objective": "flow", "help": "flow SDE: Euler (Euler-Maruyama) | Heun"})
+    diffusion_form: str = field(default="sigma", metadata={"objective": "flow", 
         "help": "flow SDE diffusion (SiT's sample.py default: sigma): " + " | ".join(DIFFUSION_FORMS)})
-    diffusion_norm: float = field(default=1.0, metadata={"help": "flow SDE diffusion scale"})
-    last_step: str = field(default="Mean", metadata={"help": "flow SDE last step: Mean | Tweedie | Euler | none"})
-    last_step_size: float = field(default=0.04, metadata={"help": "flow SDE last step size"})
-    guidance_low: float = field(default=0.0, metadata={"help": "flow: guide only for t >= this (t = 0 noise)"})
-    guidance_high: float = field(default=1.0, metadata={"help": "flow: guide only for t <= this (t = 1 data)"})
+    diffusion_norm: float = field(default=1.0, metadata={"objective": "flow", "help": "flow SDE diffusion scale"})
+    last_step: str = field(default="Mean", metadata={"objective": "flow", "help": "flow SDE last step: Mean | Tweedie | Euler | none"})
+    last_step_size: float = field(default=0.04, metadata={"objective": "flow", "help": "flow SDE last step size"})
+    guidance_low: float = field(default=0.0, metadata={"objective": "flow", "help": "flow: guide only for t >= this (t = 0 noise)"})
+    guidance_high: float = field(default=1.0, metadata={"objective": "flow", "help": "flow: guide only for t <= this (t = 1 data)"})
 
     def resolved_steps(self) -> str:
         if self.steps is not None:
@@ -105,7 +109,7 @@ class SampleOptions:
         return self
 
     def _validate_flow(self, bad) -> None:
-        choices = {"objective": (None, "ddpm", "flow"), "flow_path": (None, *PATHS),
+        choices = {"objective": (None, *objective_names()), "flow_path": (None, *PATHS),
                    "flow_prediction": (None, *PREDICTIONS), "flow_sampler": FLOW_SAMPLERS,
                    "ode_method": ODE_METHODS, "sde_method": SDE_METHODS, "diffusion_form": DIFFUSION_FORMS,
                    "last_step": ("Mean", "Tweedie", "Euler", "none")}
@@ -126,41 +130,33 @@ class SampleOptions:
             bad("guidance_low", f"at most guidance_high ({self.guidance_high})")
 
     def check_objective(self, objective: str) -> None:
-        """Options that only one objective reads, once the weights have named the objective."""
-        def bad(key, allowed):
-            raise bad_value(key, getattr(self, key), f"allowed: {allowed}")
-
-        if objective == "flow":
-            if self.sampler != "ddpm" or self.steps is not None or self.eta != 0:
-                key = "sampler" if self.sampler != "ddpm" else ("steps" if self.steps is not None else "eta")
-                bad(key, "unset with objective=flow (use flow_sampler, ode_method / sde_method, num_steps)")
-            return
-        flow_only = [f.name for f in dataclasses.fields(self)
-                     if f.name in _FLOW_KEYS and getattr(self, f.name) != f.default]
-        if flow_only:
-            bad(flow_only[0], "unset unless objective=flow (the weights are a DDPM model)")
+        """Options that only another objective reads must be unset, once the weights have named
+        the objective (the first such option, in field order, is reported)."""
+        cls = objective_class(objective)
+        for f in dataclasses.fields(self):
+            owner = f.metadata.get("objective")
+            if owner not in (None, objective) and getattr(self, f.name) != f.default:
+                raise bad_value(f.name, getattr(self, f.name), f"allowed: {cls.foreign_option(owner)}")
 
     def guidance_interval(self) -> tuple[float, float]:
         return self.guidance_low, self.guidance_high
 
-    def fingerprint(self, objective: str = "ddpm") -> dict:
-        """What decides the images and their layout: a resumed run must agree on all of it.
-        DDPM runs keep the keys they always had, so their resumes are unaffected by flow."""
-        keep = ("num_samples", "seed", "sampler", "eta", "cfg_scale", "cfg_channels", "precision",
-                "labels", "vae", "shard_size")
-        out = {k: getattr(self, k) for k in keep}
-        out["steps"] = self.resolved_steps()
+    def fingerprint(self, objective: str = DEFAULT_OBJECTIVE) -> dict:
+        """What decides the images and their layout: a resumed run must agree on all of it. The
+        options every objective reads, then the weights' objective's own (with `steps`
+        resolved). DDPM runs keep the keys they always had (no `objective` key)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name in _COMMON_KEYS or f.metadata.get("objective") == objective}
+        if "steps" in out:
+            out["steps"] = self.resolved_steps()
         if self.model is not None:
             out["model"] = self.model
-        if objective == "flow":
-            out.update({k: getattr(self, k) for k in _FLOW_KEYS}, objective="flow")
-            del out["steps"], out["sampler"], out["eta"]
+        if objective != DEFAULT_OBJECTIVE:
+            out["objective"] = objective
         return out
 
 
-_FLOW_KEYS = ("flow_path", "flow_prediction", "flow_sampler", "ode_method", "num_steps", "atol", "rtol",
-              "sde_method", "diffusion_form", "diffusion_norm", "last_step", "last_step_size",
-              "guidance_low", "guidance_high")
+_COMMON_KEYS = ("num_samples", "seed", "cfg_scale", "cfg_channels", "precision", "labels", "vae", "shard_size")
 
 
 def parse_options(pairs: list[str]) -> SampleOptions:

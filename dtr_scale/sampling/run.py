@@ -14,13 +14,12 @@ import torch
 import torch.distributed as dist
 
 from dtr_scale.atomic import atomic_write_json
-from dtr_scale.diffusion import create_diffusion
+from dtr_scale.objective import objective_class
 from dtr_scale.parallel.parallelize import apply_compile, compile_wanted
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
 
 from .assemble import assemble_samples
 from .decode import make_decoder
-from .flow import solver_from_options
 from .generate import generate
 from .grid import save_pngs
 from .options import SampleOptions
@@ -66,7 +65,7 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         model.to(device)
         if compile_wanted(opts.compile, device):
             apply_compile(model)  # one graph for the doubled CFG batch and the last short batch
-        diffusion = _sampling_process(meta, opts, model)
+        diffusion = objective_class(meta["objective"]).sampler_from_options(opts, meta, model)
         decoder = make_decoder(opts.vae, meta, device=device, precision=opts.precision)
         plan = ShardPlan(opts.num_samples, opts.shard_size)
         # The resolved VAE, so that vae=none and "from metadata" count as the same run.
@@ -104,15 +103,6 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         return summary
     finally:
         shutdown()
-
-
-def _sampling_process(meta: dict, opts: SampleOptions, model):
-    """DDPM's respaced diffusion or the flow solver, as the weights' objective says."""
-    if meta["objective"] == "flow":
-        return solver_from_options(opts, meta)
-    schedule = meta.get("diffusion") or {}
-    return create_diffusion(opts.resolved_steps(), noise_schedule=schedule.get("schedule", "linear"),
-                            learn_sigma=model.learn_sigma, diffusion_steps=int(schedule.get("steps", 1000)))
 
 
 def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, device) -> dict:

@@ -7,8 +7,7 @@ import os
 from dtr_scale.config import bad_value
 from dtr_scale.models import DiT, create_model, load_pretrained, load_weights
 from dtr_scale.models.pretrained import read_weights_file
-
-OBJECTIVES = ("ddpm", "flow")
+from dtr_scale.objective import DEFAULT_OBJECTIVE, objective_class
 
 
 def load_sampling_model(path: str, *, model: str | None = None, objective: str | None = None) -> tuple[DiT, dict]:
@@ -18,15 +17,14 @@ def load_sampling_model(path: str, *, model: str | None = None, objective: str |
     A directory is a training run (its `latest` checkpoint) or one `step_*` checkpoint: the EMA
     weights are read straight from the checkpoint's state, as export would, so sampling during a run
     needs no export step. `objective` (ddpm | flow) is needed only for weights whose metadata
-    does not record it; a flow model is rebuilt with continuous time input (float t in [0, 1]).
+    does not record it; the model gets that objective's time input (flow: float t in [0, 1]).
     """
     if os.path.isdir(path):
         dit, meta = _from_checkpoint(path)
     elif os.path.isfile(path):
         sd, meta = read_weights_file(path)
         if "model" in meta:
-            time_input = "continuous" if _objective(meta, objective) == "flow" else "discrete"
-            dit, meta = load_weights(path, time_input=time_input)
+            dit, meta = load_weights(path, time_input=objective_class(_objective(meta, objective)).time_input)
         else:
             dit, meta = _official(path, sd, model, _objective(meta, objective))
     else:
@@ -41,7 +39,7 @@ def _objective(meta: dict, wanted: str | None) -> str:
     recorded = meta.get("objective")
     if wanted is not None and recorded is not None and wanted != recorded:
         raise bad_value("objective", wanted, f"the weights were trained with objective={recorded}; leave it unset")
-    return wanted or recorded or "ddpm"
+    return wanted or recorded or DEFAULT_OBJECTIVE
 
 
 def _official(path: str, sd: dict, name: str | None, objective: str) -> tuple[DiT, dict]:
@@ -63,8 +61,7 @@ def _official(path: str, sd: dict, name: str | None, objective: str) -> tuple[Di
     side = int(round(num_patches ** 0.5)) * patch
     shape = dict(input_size=side, in_channels=channels, num_classes=table - 1,
                  learn_sigma=out_channels == 2 * channels)
-    time_input = "continuous" if objective == "flow" else "discrete"
-    dit = create_model(dit_name, **shape, time_input=time_input)
+    dit = create_model(dit_name, **shape, time_input=objective_class(objective).time_input)
     load_pretrained(dit, path)
     meta = {"model": {"name": dit_name, **shape}, "routing": None, "official": os.path.abspath(path)}
     return dit.eval(), meta

@@ -1,6 +1,7 @@
 """Reverse-process samplers: DDPM ancestral (Ho et al. 2020) and DDIM (Song et al. 2021).
 
 Kept apart from gaussian_diffusion.py (a mixin over its constants) so that each file stays small.
+`sample` is the entry point of `dtr_scale.sampling.generate`; the loops are ADM's API.
 
 Randomness: every Gaussian draw goes through ``noise_fn(x)`` when given (default
 ``torch.randn_like``), including the initial x_T when ``noise`` is not passed. The distributed
@@ -29,8 +30,17 @@ def _infer_device(model, device):
     return torch.device("cpu")
 
 
-class SamplingMixin:
+class ReverseProcessMixin:
     """Needs p_mean_variance, q_sample-style constants and num_timesteps from GaussianDiffusion."""
+
+    def sample(self, denoiser, shape, *, y: torch.Tensor, noise_fn, device, sampler: str = "ddpm",
+               eta: float = 0.0) -> torch.Tensor:
+        """x_0 by DDPM ancestral sampling or DDIM (η = `eta`), every draw through `noise_fn`: the
+        call `generate` makes of every objective's sampler."""
+        common = dict(clip_denoised=False, model_kwargs={"y": y}, device=device, noise_fn=noise_fn)
+        if sampler == "ddpm":
+            return self.p_sample_loop(denoiser, shape, **common)
+        return self.ddim_sample_loop(denoiser, shape, eta=eta, **common)
 
     # ------------------------------------------------------------------ common
     def _initial_noise(self, model, shape, noise, device, noise_fn):
