@@ -31,6 +31,24 @@ class Objective(nn.Module):
     def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups for every engine: decay on the DiT's weight matrices only (biases and other
+        1-D params untouched), and learned loss weights (ANT-UW's log-variances) in their own group
+        with their own LR (`ant_lr`) and no decay. Every group records `base_lr`, which the warmup
+        schedule scales. Call it after the engine has sharded the module (FSDP2 replaces the
+        parameters by DTensors)."""
+        decay, no_decay = [], []
+        for p in self.dit.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay, "base_lr": lr},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "base_lr": lr},
+        ]
+        if self.weighting is not None:
+            groups += [{**g, "base_lr": g["lr"]} for g in self.weighting.param_groups(self.ant_lr)]
+        return [g for g in groups if g["params"]]
+
     def draw_inputs(self, batch, gen_t: torch.Generator, gen_noise: torch.Generator, device: torch.device):
         """(x, y, t, noise, drop) on `device` for one micro-batch; drop is None when the DiT draws it."""
         positions = getattr(batch, "positions", None)
@@ -58,10 +76,12 @@ class Objective(nn.Module):
 
 
 class DiffusionObjective(Objective):
-    def __init__(self, dit: DiT, diffusion, weighting: AntUncertaintyWeighting | None = None, seed: int = 0):
+    def __init__(self, dit: DiT, diffusion, weighting: AntUncertaintyWeighting | None = None, seed: int = 0,
+                 ant_lr: float = 0.025):
         super().__init__()
         self.dit = dit
         self.weighting = weighting
+        self.ant_lr = ant_lr  # the learning rate of the weighting's own parameters
         self.diffusion = diffusion  # plain object: no parameters, not registered as a module
         self.seed = seed  # for the per-sample draws of positioned (data.mode=global) batches
 
@@ -149,4 +169,4 @@ def build_objective(cfg, dit: DiT) -> DiffusionObjective | FlowObjective:
         p2_k=d.p2_k,
     )
     weighting = AntUncertaintyWeighting(d.steps, d.ant_clusters) if d.loss_weighting == "ant_uw" else None
-    return DiffusionObjective(dit, diffusion, weighting, seed=cfg.train.seed)
+    return DiffusionObjective(dit, diffusion, weighting, seed=cfg.train.seed, ant_lr=d.ant_lr)
