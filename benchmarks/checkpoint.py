@@ -22,17 +22,14 @@ Prints a table and writes benchmarks/results/checkpoint.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 
-from common import RESULTS_DIR, command_line, machine_info, median, write_json
+from common import RESULTS_DIR, command_line, machine_info, median, run_torchrun, write_json
 from engines import ENGINES, build, make_batch, train_step
 
 NPROC = 2
@@ -116,21 +113,10 @@ def _tensors(obj):
 
 
 def run_engine(args, name: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        result = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
-               os.path.abspath(__file__), "--worker", name, "--result", result, "--scratch", tmp,
-               "--model", args.model, "--batch", str(args.batch), "--input-size", str(args.input_size),
-               "--channels", str(args.channels), "--reps", str(args.reps)]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"engine": name, "error": f"timed out after {args.timeout} s"}
-        if not os.path.exists(result):
-            return {"engine": name, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
-        with open(result) as f:
-            return json.load(f)
+    flags = ["--worker", name, "--model", args.model, "--batch", str(args.batch), "--input-size",
+             str(args.input_size), "--channels", str(args.channels), "--reps", str(args.reps)]
+    data = run_torchrun(__file__, flags, NPROC, args.timeout)
+    return {"engine": name, **data} if "error" in data else data
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmark scripts: machine description, medians, byte counting, JSON out.
 
-Benchmarks compare variants measured in ONE run on the same machine (see DESIGN.md), so these
+Benchmarks compare variants measured in ONE run on the same machine, so these
 helpers are about making such comparisons fair: interleaved repetitions, medians (robust to the
 other users of a shared CPU), and counting memory as unique storages (views of one flat buffer,
 as ZeRO and FSDP make, must not be counted twice).
@@ -12,7 +12,9 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable
@@ -125,6 +127,34 @@ def write_json(path: str | Path, data: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def run_torchrun(script: str, flags: list[str], nproc: int, timeout: float) -> dict:
+    """Run `script` on `nproc` CPU ranks (`torch.distributed.run --standalone`, gloo, one thread
+    each) with `--result FILE --scratch DIR` added to `flags`: the worker writes its JSON result to
+    FILE and may use DIR, which is removed afterwards. Returns that result plus "job_wall_s" and
+    "exit_code" (and the stderr tail when a rank failed after writing it, e.g. in teardown), or
+    {"error", "stderr_tail"} when no result came: a failure or timeout is recorded, not fatal."""
+    with tempfile.TemporaryDirectory() as scratch:
+        result = os.path.join(scratch, "result.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               os.path.abspath(script), *flags, "--result", result, "--scratch", scratch]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+        wall = time.perf_counter() - t0
+        if not os.path.exists(result):
+            return {"error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
+        with open(result) as f:
+            data = json.load(f)
+    data["job_wall_s"] = round(wall, 1)
+    data["exit_code"] = proc.returncode
+    if proc.returncode != 0:
+        data["teardown_stderr_tail"] = proc.stderr[-1500:]
+    return data
 
 
 def verdict(ok: bool) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import (RESULTS_DIR, command_line, machine_info, median, peak_rss_bytes, storage_key,
+from common import (RESULTS_DIR, command_line, machine_info, median, peak_rss_bytes, run_torchrun, storage_key,
                     unique_storage_bytes, verdict, write_json)
 
 ENGINES = {
@@ -51,18 +51,15 @@ EMA_DECAY = 0.9999
 
 
 def build(args, overrides, env, checkpointing=0.0):
-    """Config -> routed DiT (same weights on every rank) -> objective -> engine, as train.py does."""
+    """Config -> routed DiT (same weights on every rank) -> objective -> engine, by train.py's builder."""
     from dtr_scale.config import load_config
-    from dtr_scale.models import RoutingConfig, create_model
-    from dtr_scale.objective import build_objective
-    from dtr_scale.parallel.factory import build_engine
+    from dtr_scale.train import build_training
 
-    cfg = load_config(None, [f"model.name={args.model}", "train.precision=fp32",
+    cfg = load_config(None, [f"model.name={args.model}", "train.precision=fp32", "model.routing.sharing_ratio=0.8",
+                             f"model.checkpointing={checkpointing}",
                              f"train.global_batch_size={args.batch * env.world_size}", *overrides])
-    torch.manual_seed(0)
-    dit = create_model(args.model, input_size=args.input_size, in_channels=args.channels,
-                       routing=RoutingConfig(sharing_ratio=0.8), checkpointing=checkpointing)
-    return build_engine(build_objective(cfg, dit), cfg, env, torch.device("cpu"))
+    latent_shape = (args.channels, args.input_size, args.input_size)
+    return build_training(cfg, env, torch.device("cpu"), latent_shape, num_classes=1000)[1]
 
 
 def make_batch(args, batch_size, gen):
@@ -144,28 +141,10 @@ def engine_worker(args) -> None:
 
 def run_engine(args, name: str) -> dict:
     """One torchrun job for one engine; a failure or timeout is recorded, not fatal."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
-               os.path.abspath(__file__), "--worker", name, "--result", result, *worker_flags(args)]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"engine": name, "error": f"timed out after {args.timeout} s"}
-        wall = time.perf_counter() - t0
-        if not os.path.exists(result):
-            return {"engine": name, "error": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
-        with open(result) as f:
-            data = json.load(f)
-    data["job_wall_s"] = round(wall, 1)
-    # Rank 0 wrote its result before tearing down; a crash in teardown (seen once with ZeRO-3:
+    # Rank 0 writes its result before tearing down; a crash in teardown (seen once with ZeRO-3:
     # "terminate called without an active exception") does not void the measurements, but is kept.
-    data["exit_code"] = proc.returncode
-    if proc.returncode != 0:
-        data["teardown_stderr_tail"] = proc.stderr[-1500:]
-    return data
+    data = run_torchrun(__file__, ["--worker", name, *worker_flags(args)], NPROC, args.timeout)
+    return {"engine": name, **data} if "error" in data else data
 
 
 def worker_flags(args) -> list[str]:
@@ -259,6 +238,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS_DIR / "engines.json"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)  # given by run_torchrun, unused
     args = p.parse_args()
     if args.worker == "checkpointing":
         return checkpointing_worker(args)

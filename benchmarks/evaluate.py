@@ -26,7 +26,8 @@ import scipy.linalg
 import torch
 
 from dtr_scale.evaluation import FeatureMoments, frechet_distance, precision_recall
-from dtr_scale.evaluation.files import atomic_write_json, file_sha256
+from dtr_scale.atomic import atomic_write_json
+from dtr_scale.file_hash import file_sha256
 from dtr_scale.evaluation.inception import InceptionFeatureExtractor
 from dtr_scale.evaluation.random_weights import write_random_inception_weights
 

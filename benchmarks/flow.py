@@ -26,23 +26,17 @@ from common import RESULTS_DIR, ContentionMeter, command_line, machine_info, med
 from dtr_scale.config import load_config
 from dtr_scale.diffusion import create_diffusion
 from dtr_scale.flow import Sampler, create_transport
-from dtr_scale.models import RoutingConfig, create_model
-from dtr_scale.objective import build_objective, objective_class
-from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.process_group import DistEnv
+from dtr_scale.train import build_training
 
 TARGETS = {"train_step": 1.02, "per_model_call": 1.05}
 
 
 def build_trainer(args, objective: str):
     cfg = load_config(None, [f"model.name={args.model}", "parallel.engine=single", "train.precision=fp32",
-                             f"diffusion.objective={objective}"])
-    torch.manual_seed(0)
-    dit = create_model(args.model, input_size=args.input_size, in_channels=args.channels,
-                       routing=RoutingConfig(sharing_ratio=0.8),
-                       time_input=objective_class(objective).time_input)
-    obj = build_objective(cfg, dit)
-    return obj, build_engine(obj, cfg, DistEnv(), torch.device("cpu"))
+                             "model.routing.sharing_ratio=0.8", f"diffusion.objective={objective}"])
+    latent_shape = (args.channels, args.input_size, args.input_size)
+    return build_training(cfg, DistEnv(), torch.device("cpu"), latent_shape, num_classes=1000)
 
 
 def timed(fn) -> dict:

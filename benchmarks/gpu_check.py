@@ -24,12 +24,11 @@ from dtr_scale.config import load_config
 from dtr_scale.data import LatentLoader
 from dtr_scale.data.shard_format import MOMENTS_FIELD
 from dtr_scale.data.synthetic import write_synthetic_shards
-from dtr_scale.models import RoutingConfig, create_model, dit_train_flops
+from dtr_scale.models import dit_train_flops
 from dtr_scale.models.attention import HAS_XFORMERS, attend
-from dtr_scale.objective import build_objective
-from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.parallelize import CompileWatch
 from dtr_scale.parallel.process_group import DistEnv
+from dtr_scale.train import build_training
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), TFLOP/s.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
@@ -84,18 +83,17 @@ def training_rate(device: torch.device, shape: dict, *, compiled: bool, checkpoi
                   backend: str, peak: float | None) -> dict:
     """img/s and MFU of the single engine's full step (forward, backward, clip, AdamW)."""
     precision = "bf16" if device.type == "cuda" else "fp32"
+    own_backend = compiled and backend != "inductor"  # then compiled here, not by the engine
     cfg = load_config(None, [f"model.name={shape['model']}", "parallel.engine=single", f"train.precision={precision}",
-                             f"model.compile={str(compiled).lower()}", f"model.checkpointing={checkpointing}"])
-    torch.manual_seed(0)
-    dit = create_model(shape["model"], input_size=shape["input_size"], in_channels=shape["channels"],
-                       routing=RoutingConfig(sharing_ratio=0.8), checkpointing=checkpointing)
-    objective = build_objective(cfg, dit).to(device)
-    if compiled and backend != "inductor":
+                             f"model.compile={str(compiled and not own_backend).lower()}",
+                             f"model.checkpointing={checkpointing}", "model.routing.sharing_ratio=0.8"])
+    latent_shape = (shape["channels"], shape["input_size"], shape["input_size"])
+    objective, engine = build_training(cfg, DistEnv(), device, latent_shape, num_classes=1000)
+    dit = objective.dit
+    if own_backend:
         from dtr_scale.parallel.parallelize import apply_compile
 
-        cfg.model.compile = "false"  # compiled here with the requested backend instead
         apply_compile(dit, backend=backend)
-    engine = build_engine(objective, cfg, DistEnv(), device)
     n, c, s = shape["batch"], shape["channels"], shape["input_size"]
     x, noise = (torch.randn(n, c, s, s, device=device) for _ in range(2))
     t, y = torch.randint(0, 1000, (n,), device=device), torch.randint(0, 1000, (n,), device=device)

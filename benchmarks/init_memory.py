@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
@@ -65,41 +62,38 @@ def worker(args) -> None:
     """One rank: build the objective and the engine, report the build's peak and the shard size."""
     import torch
 
+    import torch.distributed as dist
+
     from dtr_scale.config import load_config
-    from dtr_scale.objective import build_objective, dit_from_config
-    from dtr_scale.parallel.factory import build_engine
-    from dtr_scale.parallel.meta_init import build_objective_for_engine
     from dtr_scale.parallel.process_group import init_distributed, shutdown
+    from dtr_scale.train import build_training
 
     env = init_distributed()
     torch.set_num_threads(1)
-    cfg = load_config(None, [f"model.name={args.model}", "model.input_size=32", "model.in_channels=4",
-                             "model.num_classes=1000", f"train.global_batch_size={2 * env.world_size}",
+    cfg = load_config(None, [f"model.name={args.model}", f"train.global_batch_size={2 * env.world_size}",
                              f"parallel.meta_init={args.meta}", *ENGINES[args.engine]])
-    device = torch.device("cpu")
-    torch.manual_seed(0)
     with RssSampler() as sampler:
-        objective = build_objective_for_engine(cfg, lambda: build_objective(cfg, dit_from_config(cfg)),
-                                               env.world_size, device)
-        engine = build_engine(objective, cfg, env, device)
-    shard = sum(t.numel() * t.element_size() for t in engine._local_dit())
+        _, engine = build_training(cfg, env, torch.device("cpu"), latent_shape=(4, 32, 32), num_classes=1000)
+    shard = sum(t.numel() * t.element_size() for t in engine.local_parameters())
     row = {"rank": env.rank, "build_peak_bytes": sampler.growth, "param_shard_bytes": shard,
            "params_plus_adam_bytes": 3 * shard}
-    with open(os.path.join(args.out_dir, f"rank{env.rank}.json"), "w") as f:
-        json.dump(row, f)
+    rows = [None] * env.world_size
+    dist.all_gather_object(rows, row)
+    if env.rank == 0:
+        with open(args.result, "w") as f:
+            json.dump({"ranks": rows}, f)
     shutdown()
 
 
 def launch(args, engine: str, meta: bool) -> list[dict]:
-    with tempfile.TemporaryDirectory() as out_dir:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               os.path.abspath(__file__), "--worker", "--engine", engine, "--meta", str(meta).lower(),
-               "--model", args.model, "--out-dir", out_dir]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-        if proc.returncode:
-            raise SystemExit(f"{engine} meta={meta} failed:\n{proc.stderr[-4000:]}")
-        return [json.load(open(os.path.join(out_dir, f"rank{r}.json"))) for r in range(args.nproc)]
+    from common import run_torchrun
+
+    flags = ["--worker", "--engine", engine, "--meta", str(meta).lower(), "--model", args.model]
+    data = run_torchrun(__file__, flags, args.nproc, timeout=1800)
+    if "error" in data or data["exit_code"]:
+        raise SystemExit(f"{engine} meta={meta} failed ({data.get('error', data['exit_code'])}):\n"
+                         f"{data.get('stderr_tail', data.get('teardown_stderr_tail', ''))[-4000:]}")
+    return data["ranks"]
 
 
 def main() -> None:
@@ -109,7 +103,8 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--engine", default="fsdp", choices=list(ENGINES), help=argparse.SUPPRESS)
     p.add_argument("--meta", default="true", help=argparse.SUPPRESS)
-    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--scratch", help=argparse.SUPPRESS)  # given by run_torchrun, unused
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.worker:

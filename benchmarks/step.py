@@ -40,11 +40,10 @@ import torch
 from common import RESULTS_DIR, ContentionMeter, command_line, machine_info, median, verdict, write_json
 
 from dtr_scale.config import load_config
-from dtr_scale.models import RoutingConfig, create_model, dit_train_flops
-from dtr_scale.objective import build_objective
-from dtr_scale.parallel.factory import build_engine
+from dtr_scale.models import RoutingConfig, dit_train_flops
 from dtr_scale.parallel.parallelize import CompileWatch
 from dtr_scale.parallel.process_group import DistEnv
+from dtr_scale.train import build_training
 
 MODEL_VARIANTS = {
     "beta0.8": RoutingConfig(sharing_ratio=0.8),
@@ -65,11 +64,10 @@ def build_variant(args, routing, compiled=False):
     """A DiT (same initial weights for every variant) wrapped by the single-process engine."""
     cfg = load_config(None, [f"model.name={args.model}", "parallel.engine=single", "train.precision=fp32",
                              f"model.compile={str(compiled).lower()}"])
-    torch.manual_seed(0)
-    dit = create_model(args.model, input_size=args.input_size, in_channels=args.channels, routing=routing)
-    objective = build_objective(cfg, dit)
-    engine = build_engine(objective, cfg, DistEnv(), torch.device("cpu"))
-    return dit, engine
+    cfg.model.routing = routing
+    latent_shape = (args.channels, args.input_size, args.input_size)
+    objective, engine = build_training(cfg, DistEnv(), torch.device("cpu"), latent_shape, num_classes=1000)
+    return objective.dit, engine
 
 
 def make_batch(args, gen: torch.Generator):

@@ -12,12 +12,10 @@ import argparse
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
-import torch.distributed as dist
 
 from . import faults
 from .checkpoint import CheckpointManager, prepare_checkpoint_dir, rng_state, set_rng_state
@@ -27,12 +25,11 @@ from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
 from .export import data_identity
 from .in_loop import InLoopMonitor
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, StepStats
 from .models import dit_train_flops
-from .objective import build_objective, dit_from_config
+from .objective import Objective, build_objective, dit_from_config
 from .parallel.engine import Engine
-from .parallel.factory import build_engine
-from .parallel.meta_init import build_objective_for_engine
+from .parallel.factory import engine_class
 from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
@@ -53,19 +50,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def build_model(cfg: Config, loader: LatentLoader):
-    """The DiT, with shape/class defaults filled from the dataset manifest."""
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The dotted overrides of a parsed command line, with `--resume` as `checkpoint.resume`."""
+    return list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+
+
+def fill_model_shape(cfg: Config, latent_shape: tuple[int, int, int], num_classes: int) -> None:
+    """The DiT's shape/class defaults from the data (latent (C, H, W) and class count), checked."""
     m = cfg.model
-    channels, height, width = loader.latent_shape
+    channels, height, width = latent_shape
     m.in_channels = m.in_channels or channels
     m.input_size = m.input_size or height
-    m.num_classes = m.num_classes or loader.num_classes
+    m.num_classes = m.num_classes or num_classes
     if (m.in_channels, m.input_size) != (channels, height) or height != width:
         raise ConfigError(
             f"model.input_size/in_channels = {m.input_size}/{m.in_channels} do not match the data's "
-            f"latent shape {loader.latent_shape} (from {cfg.data.path}/dataset.json)"
+            f"latent shape {tuple(latent_shape)} (from {cfg.data.path}/dataset.json)"
         )
-    return dit_from_config(cfg)
+
+
+def build_training(cfg: Config, env: DistEnv, device: torch.device, latent_shape: tuple[int, int, int],
+                   num_classes: int) -> tuple[Objective, Engine]:
+    """Config → DiT (shaped by the data) → objective → engine, with the same initial weights on
+    every rank. The engine says where the DiT is built: whole, or (parallel.meta_init) on the
+    meta device / inside zero.Init, and then gives it its weights after sharding."""
+    fill_model_shape(cfg, latent_shape, num_classes)
+    engine_cls = engine_class(cfg, env, device)
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    with engine_cls.init_context(cfg, env, device):
+        dit = dit_from_config(cfg)
+    objective = build_objective(cfg, dit)
+    return objective, engine_cls(objective, cfg, env, device)
 
 
 def build_loader(cfg: Config, env: DistEnv, pin_memory: bool = False) -> LatentLoader | GlobalLoader:
@@ -92,50 +107,27 @@ def infinite(loader: LatentLoader):
             raise RuntimeError("the data loader produced no batch for this rank; check data.path and the batch size")
 
 
-def new_window(device: torch.device) -> dict:
-    """Sums between two log lines. Loss, gradient-norm and skip statistics stay on the device
-    until the log step, so the hot loop adds no host synchronisation of its own."""
-    zero = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
-    return {"loss": zero(torch.float64), "n": 0,
-            "clusters": torch.zeros(2, NUM_LOG_CLUSTERS, dtype=torch.float64, device=device),
-            "time": 0.0, "steps": 0, "applied": zero(torch.int64), "grad_norm": zero(torch.float64),
-            "ema_time": 0.0}
-
-
-def add_cluster_sums(clusters: torch.Tensor, per_sample: torch.Tensor, timesteps: torch.Tensor, objective) -> None:
-    """Add [sum of losses, count] per timestep cluster into the (2, K) float64 `clusters`
-    (the objective bins its own time: DDPM steps or flow t, bin 0 the least noisy). In this
-    file `t` is always the train section of the config."""
-    k = objective.timestep_clusters(timesteps, NUM_LOG_CLUSTERS).to(clusters.device)
-    clusters[0].index_add_(0, k, per_sample.detach().to(torch.float64))
-    clusters[1].index_add_(0, k, torch.ones_like(k, dtype=torch.float64))
-
-
 @dataclass
 class Trainer:
-    """Everything one training run holds; `step`, the counters and the two generators are what
-    a checkpoint stores besides the engine (see `trainer_state`)."""
+    """Everything one training run holds; `step`, the skipped-step count and the two generators
+    are what a checkpoint stores besides the engine (see `trainer_state`)."""
     cfg: Config
     env: DistEnv
     device: torch.device
     loader: LatentLoader | GlobalLoader
-    objective: torch.nn.Module
+    objective: Objective
     engine: Engine
     gen_t: torch.Generator  # per-rank timestep stream
     gen_noise: torch.Generator  # per-rank noise stream
     ckpt: CheckpointManager
     config_yaml: str
     flops_per_step: float
+    stats: StepStats  # the log window's sums and the skipped-step counters, on the device
     batches: Optional[Iterator] = None  # set by `resume`, after the loader position is restored
     step: int = 0  # optimizer steps done (= the 0-based index of the step in progress)
-    # Skipped-step counters live on the device (0-d int64, set in `setup`) and are read only
-    # when a log line or a checkpoint is due.
-    skipped_total: Optional[torch.Tensor] = None
-    consecutive_bad: Optional[torch.Tensor] = None
-    longest_bad_run: Optional[torch.Tensor] = None  # most consecutive skipped steps since start/resume
 
     def trainer_state(self) -> dict:
-        return {"step": self.step, "skipped_steps": int(self.skipped_total), "rng": rng_state(),
+        return {"step": self.step, "skipped_steps": int(self.stats.skipped_total), "rng": rng_state(),
                 "gen_t": self.gen_t.get_state(), "gen_noise": self.gen_noise.get_state(),
                 "loader": self.loader.state_dict()}
 
@@ -148,21 +140,14 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     t = cfg.train
     local_batch = t.global_batch_size // (env.world_size * t.grad_accum)
     loader = build_loader(cfg, env, pin_memory=device.type == "cuda")  # page-locked: non_blocking copies overlap
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    # Whole on this device, or (parallel.meta_init) deferred for the engine to build sharded.
-    objective = build_objective_for_engine(cfg, lambda: build_objective(cfg, build_model(cfg, loader)),
-                                           env.world_size, device)
-    dit = objective.dit
-    engine = build_engine(objective, cfg, env, device)
+    objective, engine = build_training(cfg, env, device, loader.latent_shape, loader.num_classes)
     gen_t, gen_noise = rank_streams(t.seed, env.rank)
 
     config_yaml = to_yaml(cfg)
     ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env)
     trainer = Trainer(cfg, env, device, loader, objective, engine, gen_t, gen_noise, ckpt, config_yaml,
-                      flops_per_step=dit_train_flops(dit, local_batch * t.grad_accum),
-                      skipped_total=torch.zeros((), dtype=torch.int64, device=device),
-                      consecutive_bad=torch.zeros((), dtype=torch.int64, device=device),
-                      longest_bad_run=torch.zeros((), dtype=torch.int64, device=device))
+                      flops_per_step=dit_train_flops(objective.dit, local_batch * t.grad_accum),
+                      stats=StepStats(device, NUM_LOG_CLUSTERS))
     faults.install(trainer)  # robustness tests only: a no-op unless their variables are set
     return trainer
 
@@ -174,7 +159,7 @@ def resume(tr: Trainer) -> None:
     if resume_from:  # before anything is written: a checkpoint that does not fit fails cleanly
         state = tr.ckpt.load(resume_from, tr.engine, run_fingerprint(tr.cfg), tr.cfg.data.mode)
         tr.step = state["step"]
-        tr.skipped_total.fill_(state["skipped_steps"])
+        tr.stats.skipped_total.fill_(state["skipped_steps"])
         if "rng" in state:  # same world size: continue every stream exactly
             set_rng_state(state["rng"])
             tr.gen_t.set_state(state["gen_t"])
@@ -190,31 +175,23 @@ def resume(tr: Trainer) -> None:
     tr.batches = infinite(tr.loader)
 
 
-def train_step(tr: Trainer, window: dict) -> None:
+def train_step(tr: Trainer) -> None:
     """One optimizer step over `train.grad_accum` micro-batches. A non-finite step is skipped on
-    the device (no parameter, moment or EMA change) and counted there; `check_nonfinite` acts on
-    the counts when a log line or a checkpoint is due."""
-    t, device = tr.cfg.train, tr.device
-    tr.engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
+    the device (no parameter, moment or EMA change) and counted there (`tr.stats`);
+    `check_nonfinite` acts on the counts when a log line or a checkpoint is due."""
+    t, device, engine = tr.cfg.train, tr.device, tr.engine
+    engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
     for micro in range(t.grad_accum):
         x, y, timesteps, noise, drop = training_inputs(tr.objective, next(tr.batches), tr.gen_t, tr.gen_noise,
                                                        t.seed, device)
-        with tr.engine.accumulate(sync=micro == t.grad_accum - 1):
-            loss, per_sample = tr.engine.module(x, timesteps, y, noise, drop)
-            tr.engine.backward(loss)
-        window["loss"] += loss.detach().to(torch.float64)
-        window["n"] += 1
-        add_cluster_sums(window["clusters"], per_sample, timesteps, tr.objective)
-    result = tr.engine.step()
-    ema_tic = time.perf_counter()
-    tr.engine.update_ema(t.ema_decay, result.applied)
-    window["ema_time"] += time.perf_counter() - ema_tic
-    applied = result.applied.to(device)
-    window["grad_norm"] += torch.where(applied, result.grad_norm.to(device, torch.float64), 0.0)
-    window["applied"] += applied
-    tr.skipped_total += ~applied
-    tr.consecutive_bad.mul_(~applied).add_(~applied)  # +1 when skipped, 0 when applied
-    torch.maximum(tr.longest_bad_run, tr.consecutive_bad, out=tr.longest_bad_run)
+        with engine.accumulate(sync=micro == t.grad_accum - 1):
+            loss, per_sample = engine.module(x, timesteps, y, noise, drop)
+            engine.backward(loss)
+        tr.stats.add_micro_batch(loss, per_sample, tr.objective.timestep_clusters(timesteps, NUM_LOG_CLUSTERS))
+    result = engine.step()
+    with tr.stats.timing_ema():
+        engine.update_ema(t.ema_decay, result.applied)
+    tr.stats.add_step(result.grad_norm, result.applied)
     tr.step += 1
 
 
@@ -231,48 +208,33 @@ def check_nonfinite(tr: Trainer, longest_bad_run: int) -> None:
         )
 
 
-def window_metrics(tr: Trainer, window: dict) -> dict:
+def window_metrics(tr: Trainer) -> dict:
     """Collective: the metrics of the steps since the last log line, averaged over ranks (one
     host read for all of them). Stops the run if too many non-finite steps came in a row."""
     t = tr.cfg.train
-    stats = torch.cat([(window["loss"] / max(window["n"], 1)).reshape(1),
-                       torch.tensor([float(tr.loader.data_errors)], dtype=torch.float64, device=tr.device),
-                       window["clusters"].flatten()])
-    if dist.is_initialized():
-        dist.all_reduce(stats)
-    # Norm and skip counts are identical on every rank (the engines agree on the step).
-    local = torch.stack([window["grad_norm"], window["applied"], tr.skipped_total,
-                         tr.longest_bad_run]).to(torch.float64)
-    stats, local = torch.cat([stats, local]).cpu().split([stats.numel(), local.numel()])
-    grad_norm_sum, applied, skipped_total, longest_bad_run = local.tolist()
-    skipped = window["steps"] - int(applied)
-    if skipped and tr.env.is_main:
-        log.warning("step %d: %d non-finite step(s) skipped since the last log line", tr.step, skipped)
-    check_nonfinite(tr, int(longest_bad_run))
-    sums, counts = stats[2:].view(2, NUM_LOG_CLUSTERS)
-    secs = window["time"] / window["steps"]
-    metrics = {
-        "loss": stats[0].item() / tr.env.world_size,
-        "grad_norm": grad_norm_sum / max(applied, 1),  # applied steps only
+    w = tr.stats.read(tr.loader.data_errors, tr.env.world_size)
+    if w.skipped and tr.env.is_main:
+        log.warning("step %d: %d non-finite step(s) skipped since the last log line", tr.step, w.skipped)
+    check_nonfinite(tr, w.longest_bad_run)
+    return {
+        "loss": w.loss,
+        "grad_norm": w.grad_norm,  # applied steps only
         "lr": t.lr * lr_factor(tr.step - 1, t.warmup_steps),
-        "img_per_s": t.global_batch_size / secs,
-        "tflops_per_rank": tr.flops_per_step / secs / 1e12,
-        "ema_frac": window["ema_time"] / window["time"],
-        "skipped_steps": int(skipped_total),
-        "data_errors": stats[1].item(),
+        "img_per_s": t.global_batch_size / w.seconds_per_step,
+        "tflops_per_rank": tr.flops_per_step / w.seconds_per_step / 1e12,
+        "ema_frac": w.ema_fraction,
+        "skipped_steps": w.skipped_total,
+        "data_errors": w.data_errors,
         **tr.engine.memory_stats(),
+        **w.cluster_losses,
     }
-    for k in range(NUM_LOG_CLUSTERS):
-        if counts[k] > 0:
-            metrics[f"loss_t{k}"] = (sums[k] / counts[k]).item()
-    return metrics
 
 
 def maybe_checkpoint(tr: Trainer, preempted: bool) -> None:
     """Collective: save every `checkpoint.every` steps, at the last step and on preemption,
     unless the steps since the last log line hit the non-finite limit."""
     if tr.step % tr.cfg.checkpoint.every == 0 or tr.step == tr.cfg.train.max_steps or preempted:
-        check_nonfinite(tr, int(tr.longest_bad_run))
+        check_nonfinite(tr, int(tr.stats.longest_bad_run))
         path = tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml, run_fingerprint(tr.cfg))
         if tr.env.is_main:
             log.info("checkpoint %s", path)
@@ -286,16 +248,13 @@ def run(cfg: Config, env: DistEnv) -> int:
     monitor = InLoopMonitor(cfg, env, tr.device, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
     compile_watch = CompileWatch(compile_wanted(cfg.model.compile, tr.device))  # its cost shows in the next log line
-    window = new_window(tr.device)
     while tr.step < t.max_steps:
-        tic = time.perf_counter()
-        train_step(tr, window)
-        window["time"] += time.perf_counter() - tic
-        window["steps"] += 1
+        with tr.stats.timing_step():
+            train_step(tr)
         logger.advance()
         if tr.step % t.log_every == 0 or tr.step == t.max_steps:
-            logger.log(tr.step, {**window_metrics(tr, window), **compile_watch.report()})
-            window = new_window(tr.device)
+            logger.log(tr.step, {**window_metrics(tr), **compile_watch.report()})
+            tr.stats.new_window()
         in_loop = monitor.maybe_run(tr.step, tr.engine)  # sample grids / FID of the EMA, when due
         if in_loop:
             logger.log(tr.step, in_loop)
@@ -317,9 +276,8 @@ def run(cfg: Config, env: DistEnv) -> int:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, config_overrides(args))
         check_data_path(cfg.data.path)  # before any process group, so a typo fails fast
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

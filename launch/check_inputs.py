@@ -43,13 +43,13 @@ def _writable_parent(path: str, flag: str) -> None:
 def check_train(args: list[str], world_size: int | None) -> list[str]:
     from dtr_scale.config import ConfigError, load_config, validate
     from dtr_scale.data import check_data_path
-    from dtr_scale.train import parse_args
+    from dtr_scale.train import config_overrides, parse_args
 
     try:
         ns = parse_args(args)
     except SystemExit as exc:  # argparse already printed its usage error
         raise InputError(f"bad arguments for dtr_scale.train: {' '.join(args)}") from exc
-    overrides = list(ns.overrides) + ([f"checkpoint.resume={ns.resume}"] if ns.resume else [])
+    overrides = config_overrides(ns)
     if not os.path.isfile(ns.config):
         raise InputError(f"--config {ns.config}: config file not found (checked from {os.getcwd()}); "
                          "pass a YAML file from configs/")

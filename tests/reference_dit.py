@@ -1,6 +1,6 @@
 """An independent, deliberately literal forward pass of a routed DiT, for parity tests.
 
-Written from the DTR reference semantics (DESIGN.md): per-block T×C mask tables indexed by the
+Written from the DTR reference semantics (docs/architecture.md): per-block T×C mask tables indexed by the
 timestep, the block formula spelled out with explicit LayerNorm/softmax maths. It reads the
 weights from a `DiT` but shares none of its forward code.
 """

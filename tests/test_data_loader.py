@@ -57,7 +57,7 @@ def test_ranks_partition_the_epoch(shards):
 
 def test_moments_draw_and_flip(tmp_path):
     import webdataset as wds
-    from dtr_scale.data.manifest import sha256_file
+    from dtr_scale.file_hash import file_sha256
     from dtr_scale.data.shard_format import encode_sample
 
     # Sample i: mean (flip 0) = i, mean (flip 1) = -i, std 0.5 everywhere, scale 0.25.
@@ -70,7 +70,7 @@ def test_moments_draw_and_flip(tmp_path):
             w.write(encode_sample(f"000000_{i:06d}", "moments.npy", arr, i % 10))
     man = json.loads((out / "dataset.json").read_text())
     man["shards"][0].update(bytes=(out / "shard-000000.tar").stat().st_size,
-                            sha256=sha256_file(out / "shard-000000.tar"))
+                            sha256=file_sha256(out / "shard-000000.tar"))
     (out / "dataset.json").write_text(json.dumps(man))
     loader = LatentLoader(out, 64, seed=0, shuffle_buffer=0)
     (x, y), = list(loader)
@@ -163,7 +163,7 @@ def test_sha256_mismatch_detected(shards):
 
 def test_bad_samples_skipped_and_named(tmp_path):
     import webdataset as wds
-    from dtr_scale.data.manifest import sha256_file
+    from dtr_scale.file_hash import file_sha256
     from dtr_scale.data.shard_format import encode_sample
 
     out = write_synthetic_shards(tmp_path / "b", counts=[6], latent_shape=(2, 4, 4))
@@ -176,7 +176,7 @@ def test_bad_samples_skipped_and_named(tmp_path):
             w.write(s)
     man = json.loads((out / "dataset.json").read_text())
     man["shards"][0].update(bytes=(out / "shard-000000.tar").stat().st_size,
-                            sha256=sha256_file(out / "shard-000000.tar"))
+                            sha256=file_sha256(out / "shard-000000.tar"))
     (out / "dataset.json").write_text(json.dumps(man))
     loader = LatentLoader(out, 2)
     assert sorted(i for x, _ in loader for i in ids_of(x)) == [0, 2, 4, 5]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dtr_scale.evaluation import frechet_distance, precision_recall
-from dtr_scale.evaluation.files import file_sha256
+from dtr_scale.file_hash import file_sha256
 from dtr_scale.evaluation.random_weights import write_random_inception_weights
 from dtr_scale.evaluation.references import load_reference_cache
 

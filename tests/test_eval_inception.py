@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtr_scale.evaluation.files import file_sha256
+from dtr_scale.file_hash import file_sha256
 from dtr_scale.evaluation.inception import (
     SPATIAL_MODULE,
     TORCH_FIDELITY_WEIGHTS_URL,

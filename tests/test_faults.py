@@ -1,13 +1,16 @@
 """The fault-injection wrappers exist only when their variables ask for them, and the training
 loop and checkpoint code carry no test hooks (the injected faults themselves are exercised by the
 multi-process robustness tests in test_engines.py)."""
-import inspect
+import json
+import math
+import os
+import signal
 import types
 
 import pytest
 import torch
 
-from dtr_scale import checkpoint, faults, train
+from dtr_scale import faults, train
 from dtr_scale.config import ConfigError, load_config
 from dtr_scale.models import RoutingConfig, create_model
 from dtr_scale.objective import build_objective
@@ -15,6 +18,7 @@ from dtr_scale.parallel.factory import build_engine
 from dtr_scale.parallel.local import SingleEngine
 from dtr_scale.parallel.process_group import DistEnv
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAULT_VARS = (faults.NAN_STEPS, faults.CRASH_IN_SAVE_STEP, faults.SIGNAL_AT_STEP)
 
 
@@ -57,10 +61,31 @@ def test_nan_wrapper_poisons_only_its_step(monkeypatch):
     assert torch.isnan(loss) and not result.applied  # the engine's own skip logic caught it
 
 
-def test_loop_and_checkpoint_code_have_no_fault_hooks():
-    for source in (inspect.getsource(train.run), inspect.getsource(train.train_step),
-                   inspect.getsource(train.maybe_checkpoint), inspect.getsource(checkpoint)):
-        assert "faults" not in source and "DTR_SCALE_" not in source
+@pytest.fixture
+def keep_signal_handlers():
+    """`run` installs the preemption handlers; give pytest its own back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_loop_acts_on_fault_variables_only_through_install(digits_shards, tmp_path, monkeypatch,
+                                                           keep_signal_handlers):
+    """With the variables set but `faults.install` doing nothing, a real run has no NaN step and
+    no signal: the loop and the checkpoint code hold no hook of their own."""
+    monkeypatch.setenv(faults.NAN_STEPS, "0,1")
+    monkeypatch.setenv(faults.SIGNAL_AT_STEP, "0")
+    monkeypatch.setattr(faults, "install", lambda trainer: [])
+    run_dir = tmp_path / "run"
+    cfg = load_config(os.path.join(REPO, "configs", "digits-tiny.yaml"),
+                      [f"data.path={digits_shards}", f"checkpoint.dir={run_dir}", "train.global_batch_size=4",
+                       "checkpoint.resume=none", "train.max_steps=2", "train.log_every=2", "checkpoint.every=2",
+                       "train.preempt_check_every=1"])
+    assert train.run(cfg, DistEnv()) == 0  # a SIGTERM would have made it exit for requeue (75)
+    (line,) = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert line["skipped_steps"] == 0 and math.isfinite(line["loss"])
+    assert (run_dir / "latest").exists()
 
 
 def test_single_engine_with_several_processes_is_refused_by_the_factory():

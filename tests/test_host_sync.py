@@ -51,9 +51,9 @@ def test_hot_loop_makes_no_host_read(digits_shards, tmp_path, monkeypatch, keep_
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
     train_step = train.train_step
 
-    def marked_step(tr, window):
+    def marked_step(tr):
         state["step"] = tr.step  # reads until the next step's start belong to this loop iteration
-        train_step(tr, window)
+        train_step(tr)
 
     monkeypatch.setattr(train, "train_step", marked_step)
     assert train.run(cfg, DistEnv()) == 0
@@ -68,17 +68,18 @@ def test_steady_state_steps_do_not_synchronise_on_cuda(digits_shards, tmp_path, 
     cfg = tiny_config(digits_shards, str(tmp_path / "run"), "train.max_steps=100", "model.compile=false")
     tr = train.setup(cfg, DistEnv())
     train.resume(tr)
-    window = train.new_window(tr.device)
     for _ in range(3):  # warm-up: allocator, cuBLAS handles, lazy optimizer state
-        train.train_step(tr, window)
+        with tr.stats.timing_step():
+            train.train_step(tr)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(5):
-            train.train_step(tr, window)
+            with tr.stats.timing_step():
+                train.train_step(tr)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    metrics = train.window_metrics(tr, window)
+    metrics = train.window_metrics(tr)
     assert metrics["skipped_steps"] == 0 and metrics["grad_norm"] > 0
 
 

@@ -109,13 +109,3 @@ def test_another_objectives_section_is_refused_and_the_chosen_one_filled():
     assert load_config(None, ["diffusion.objective=flow"]).diffusion.flow.path == "Linear"
     with pytest.raises(ConfigError, match="diffusion.flow.path: got 'Curved'"):
         load_config(None, ["diffusion.objective=flow", "diffusion.flow.path=Curved"])
-
-
-def test_init_own_parameters_resets_ant_uw_log_variances():
-    _, objective = tiny(["diffusion.loss_weighting=ant_uw"])
-    with torch.no_grad():
-        objective.weighting.log_vars.fill_(0.3)
-    objective.init_own_parameters()
-    assert torch.equal(objective.weighting.log_vars, torch.zeros(8))
-    _, flow = tiny(["diffusion.objective=flow"])
-    flow.init_own_parameters()  # nothing of its own: a no-op

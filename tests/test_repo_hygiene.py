@@ -63,3 +63,39 @@ def test_docs_link_only_inside_the_repository():
             if "://" not in target and not (path.parent / target).exists():
                 offenders.setdefault(path.relative_to(REPO).as_posix(), []).append(target)
     assert not offenders, f"links that leave the repository or point nowhere: {offenders}"
+
+
+# Repository paths as comments and docs write them: from the top (`dtr_scale/parallel/fsdp.py`,
+# `docs/architecture.md`) or inside the package (`parallel/fsdp.py`), and the upper-case top-level
+# documents (`README.md`). Outputs that runs write (benchmarks/results/) are not files of the clone.
+TOP_PATH = re.compile(r"(?<![\w/.-])((?:dtr_scale|tests|benchmarks|launch|configs|docs|data_prep)/[\w./-]*\w"
+                      r"\.(?:py|md|ya?ml|json|sh|cfg|txt))")
+PACKAGE_PATH = re.compile(r"(?<![\w/.-])((?:parallel|models|data|diffusion|evaluation|sampling|flow)/\w+\.py)\b")
+TOP_DOC = re.compile(r"(?<![\w/.-])([A-Z][A-Z_]+\.md)\b")
+SOURCE_SUFFIXES = (".py", ".md", ".sh", ".yaml", ".yml", ".cfg", ".txt", ".sbatch")
+
+
+def named_paths(text: str) -> set[str]:
+    """Repository-relative paths named in `text` (package-relative ones under dtr_scale/)."""
+    names = set(TOP_PATH.findall(text)) | set(TOP_DOC.findall(text))
+    for ref in PACKAGE_PATH.findall(text):
+        if not (REPO / ref).exists():  # tests/..., benchmarks/... match TOP_PATH already
+            names.add(f"dtr_scale/{ref}")
+    return {n for n in names if not n.startswith("benchmarks/results/")}
+
+
+def test_path_scan_finds_what_comments_write():
+    text = "see parallel/fsdp.py and docs/architecture.md (README.md); not x/parallel/a.py"
+    assert named_paths(text) == {"dtr_scale/parallel/fsdp.py", "docs/architecture.md", "README.md"}
+
+
+def test_files_named_in_code_comments_and_docs_exist():
+    missing = {}
+    for rel in tracked_files():
+        path = REPO / rel
+        if not path.is_file() or not rel.endswith(SOURCE_SUFFIXES) and path.name != "Makefile":
+            continue
+        for name in named_paths(path.read_text(errors="replace")):
+            if not (REPO / name).exists():
+                missing.setdefault(rel, []).append(name)
+    assert not missing, f"files named but not in the repository (named in: names): {missing}"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from dtr_scale.models import RoutingConfig, create_model, dtr_mask_table, random_mask_tables, window_starts
+from dtr_scale.models.routing import TaskRouter
 
 HIDDEN = {"DiT-B": 768, "DiT-L": 1024, "DiT-XL": 1152}
 
@@ -31,7 +32,8 @@ def test_window_table_exact(name):
 
 def test_dit_l_values_from_the_paper_setup():
     # DiT-L/2, β = 0.8, α = 4: 819 channels per task, starts 0, 1, 13, 65, 135, 205.
-    assert int(1024 * 0.8) == 819
+    router = TaskRouter(RoutingConfig(sharing_ratio=0.8), hidden_size=1024, depth=24)
+    assert router.shared and (router.masks[0].sum(1) == 819).all()  # k = int(C·β), truncated
     starts = window_starts(1000, 1024, 0.8, 4.0)
     assert [int(starts[t]) for t in (0, 250, 500, 750, 900, 999)] == [0, 1, 13, 65, 135, 205]
     assert (dtr_mask_table(1000, 1024, 0.8, 4.0).sum(1) == 819).all()

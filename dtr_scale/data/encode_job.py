@@ -19,12 +19,12 @@ import torch.distributed as dist
 
 from ..parallel.process_group import DistEnv, barrier, local_device
 from .encoders import PixelEncoder, VaeEncoder
-from .image_sources import ImageSource, ShardPlan, open_source
+from .prep_sources import ImageSource, InputShard, open_source
 from .image_transforms import center_crop_arr, to_unit_range
 from .manifest import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from .shard_format import encode_sample, sample_key
 from .shard_writer import (PROGRESS_DIR, finished_shard, read_prep_identity, write_prep_identity,
-                           write_shard)
+                           write_tar_shard)
 
 DIGITS_RESOLUTION = 16   # the 8x8 digits, upsampled x2 (bicubic) so DiT-T/2 sees an 8x8 token grid
 IMAGE_RESOLUTION = 256
@@ -77,7 +77,7 @@ def _make_encoder(cfg: PrepConfig, source: ImageSource, env: DistEnv):
                       device=local_device(env)), "RGB"
 
 
-def _encode_shard(plan: ShardPlan, encoder, mode: str, resolution: int, batch_size: int, bar):
+def _encode_shard(plan: InputShard, encoder, mode: str, resolution: int, batch_size: int, bar):
     """Yield the shard's samples in source order; batches never cross shard boundaries, so the
     bytes of a shard do not depend on which run or rank wrote it."""
     def flush(images, labels, start):
@@ -166,7 +166,7 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
         if cfg.max_shards_this_run is not None and written >= cfg.max_shards_this_run:
             stopped_early = True
             break
-        record = write_shard(out, plan.index,
+        record = write_tar_shard(out, plan.index,
                              _encode_shard(plan, encoder, mode, resolution, cfg.batch_size, bar))
         written += 1
         samples += record["count"]

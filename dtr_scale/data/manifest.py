@@ -17,7 +17,6 @@ no timestamps and no output paths)::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_write_bytes
+from ..file_hash import file_sha256
 
 log = logging.getLogger("dtr_scale.data")
 
@@ -60,14 +60,6 @@ class Manifest:
 
     def shard_path(self, shard: ShardInfo) -> str:
         return str(self.root / shard.name)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_bytes(doc: dict) -> bytes:
@@ -158,7 +150,7 @@ def shard_problem(manifest: Manifest, shard: ShardInfo, verify_sha256: bool) -> 
     if actual != shard.bytes:
         return (f"is {actual} bytes, dataset.json says {shard.bytes} (truncated or replaced); "
                 "re-copy it or rerun prep")
-    if verify_sha256 and sha256_file(path) != shard.sha256:
+    if verify_sha256 and file_sha256(path) != shard.sha256:
         return "fails its sha256 check against dataset.json (corrupt); re-copy it or rerun prep"
     return None
 

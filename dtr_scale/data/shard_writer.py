@@ -21,7 +21,7 @@ from typing import Iterable
 import webdataset as wds
 
 from ..atomic import atomic_write_bytes
-from .manifest import sha256_file
+from ..file_hash import file_sha256
 
 PROGRESS_DIR = "_progress"
 
@@ -47,7 +47,7 @@ def finished_shard(out_dir: str | os.PathLike, index: int) -> dict | None:
     return record if record.get("bytes") == tar.stat().st_size else None
 
 
-def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[dict]) -> dict:
+def write_tar_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[dict]) -> dict:
     """Write `samples` (raw-bytes dicts, see shard_format.encode_sample) as shard `index`.
 
     Returns the shard's record: name, count, bytes, sha256, max_class.
@@ -67,7 +67,7 @@ def write_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[dict])
         f.flush()
         os.fsync(f.fileno())
     record = {"name": final.name, "count": count, "bytes": partial.stat().st_size,
-              "sha256": sha256_file(partial), "max_class": max_class}
+              "sha256": file_sha256(partial), "max_class": max_class}
     atomic_write_bytes(_record_path(out_dir, index), json.dumps(record, sort_keys=True).encode())
     if final.exists():  # an unfinished shard of ours, or a file --overwrite let us replace: say so
         print(f"prep: replacing {final}", file=sys.stderr)

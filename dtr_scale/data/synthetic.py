@@ -12,7 +12,7 @@ import numpy as np
 
 from .manifest import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from .shard_format import LATENT_FIELD, MOMENTS_FIELD, encode_sample, sample_key, stored_shape
-from .shard_writer import write_shard
+from .shard_writer import write_tar_shard
 
 
 def write_synthetic_shards(out, *, counts: list[int], latent_shape=(4, 8, 8), num_classes: int = 10,
@@ -40,7 +40,7 @@ def write_synthetic_shards(out, *, counts: list[int], latent_shape=(4, 8, 8), nu
                     arr[:, 1] = std
             samples.append(encode_sample(sample_key(k, j), field, arr, sample_id % num_classes))
             sample_id += 1
-        records.append(write_shard(out, k, samples))
+        records.append(write_tar_shard(out, k, samples))
     write_manifest(out, {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "field": field,
         "latent_shape": list(latent_shape), "latent_dtype": "float16",

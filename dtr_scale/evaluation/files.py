@@ -1,19 +1,9 @@
-"""File helpers: content hashes, and atomic writes of arrays (see dtr_scale.atomic)."""
+"""File helpers: atomic writes of arrays (see dtr_scale.atomic)."""
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 
 from ..atomic import atomic_write
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_savez(path: str, **arrays) -> None:

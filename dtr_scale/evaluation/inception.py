@@ -28,7 +28,7 @@ import os
 import numpy as np
 import torch
 
-from .files import file_sha256
+from ..file_hash import file_sha256
 
 TORCH_FIDELITY_WEIGHTS_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .image_sources import list_image_files, open_images
-from .files import atomic_savez, file_sha256
+from ..file_hash import file_sha256
+from .files import atomic_savez
 from .statistics import GaussianStats
 
 CACHE_FORMAT_VERSION = 1

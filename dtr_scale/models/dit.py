@@ -217,7 +217,7 @@ class DiT(nn.Module):
     def init_plan(self) -> list[tuple[str, Callable[[torch.Tensor], None]]]:
         """(parameter name, in-place init of the FULL tensor), in the order they draw random
         numbers. Each init overwrites the whole tensor, so a rank that builds one parameter at a
-        time (meta-device init, `parallel/meta_init.py`) gets exactly the weights of this eager
+        time (meta-device init, parallel/fsdp.py and parallel/deepspeed_engine.py) gets exactly the weights of this eager
         init for the same seed, and keeps only its shard."""
         plan = []
         for name, module in self.named_modules():  # the order `self.apply` visits Linears
@@ -286,9 +286,11 @@ class DiT(nn.Module):
 
 
 def _deferred(param: torch.Tensor) -> bool:
-    """Built on the meta device or partitioned by deepspeed.zero.Init: the builder initialises
-    the weights later, one parameter at a time (`parallel/meta_init.py`)."""
-    return param.is_meta or hasattr(param, "ds_id")
+    """A parameter without values: built on the meta device, or emptied by a constructor context
+    that partitions modules as they are built (DeepSpeed's zero.Init). The engine that built the
+    model so then sets the weights from `init_plan()`, one parameter at a time (parallel/fsdp.py,
+    parallel/deepspeed_engine.py)."""
+    return param.is_meta or param.numel() == 0
 
 
 def mark_batch_dynamic(*tensors: torch.Tensor | None) -> None:

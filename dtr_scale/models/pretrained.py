@@ -29,7 +29,8 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     """Read a `.pt`/`.pth`/`.safetensors` file -> (state_dict, metadata).
 
     Accepts a bare state dict, DiT's training checkpoints ({"model", "ema", ...}: the EMA weights
-    are taken, as DiT's own sampler does) and our exports ({"format", "state_dict", "meta"}).
+    are taken, as DiT's own sampler does) and our exports ({"ema", "dtr_scale": metadata}, see
+    dtr_scale/export.py).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -43,8 +44,6 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         return sd, {k: _maybe_json(v) for k, v in meta.items()}
     # weights_only: a weights file must never be able to run code on load.
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
-        return dict(obj["state_dict"]), dict(obj.get("meta", {}))
     if isinstance(obj, Mapping) and "ema" in obj and isinstance(obj["ema"], Mapping):
         return dict(obj["ema"]), dict(obj.get("dtr_scale", {}))  # ours carry metadata beside "ema"
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):

@@ -87,9 +87,10 @@ def random_mask_tables(
     """(depth, T, C) uint8: each block and task gets its own k random channels, from `seed`."""
     k = active_channels(hidden_size, sharing_ratio)
     gen = torch.Generator().manual_seed(int(seed))
-    scores = torch.rand(depth, num_tasks, hidden_size, generator=gen)
+    # On the CPU, like the generator, even when the model is built on the meta device.
+    scores = torch.rand(depth, num_tasks, hidden_size, generator=gen, device="cpu")
     chosen = scores.argsort(dim=-1)[..., :k]
-    tables = torch.zeros(depth, num_tasks, hidden_size, dtype=torch.uint8)
+    tables = torch.zeros(depth, num_tasks, hidden_size, dtype=torch.uint8, device="cpu")
     tables.scatter_(-1, chosen, 1)
     return tables
 

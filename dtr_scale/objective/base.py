@@ -6,8 +6,8 @@ them like the DiT's weights. It owns everything that differs between objectives:
 
 - training: `draw_inputs` (its time distribution, through the draws `randomness` gives it),
   `forward(x, t, y, noise, drop)` → (scalar loss, per-sample losses), loss weighting included,
-  `timestep_clusters` (the per-cluster log's bins), `param_groups(lr, weight_decay)`,
-  `init_own_parameters` (after an engine materialises them from the meta device);
+  `timestep_clusters` (the per-cluster log's bins), `param_groups(lr, weight_decay)` (engines
+  build the optimizer from them, and build the objective's own parameters outside any meta device);
 - configuration: `config_section` (its sub-section of `diffusion`, if any) and `validate_config`;
 - sampling: `eval_sampler(cfg)` (in-loop), `sampler_from_options(opts, meta, model)` (the CLI),
   `check_sample_options`; the samplers all offer `sample(denoiser, shape, y=, noise_fn=, device=, ...)`;
@@ -69,10 +69,6 @@ class Objective(nn.Module):
     def extra_param_groups(self) -> list[dict]:
         """Groups of the objective's own parameters (beside the DiT's), with their own LR."""
         return []
-
-    def init_own_parameters(self) -> None:
-        """(Re)set the objective's own parameters to their initial values, e.g. after an engine
-        materialised them from the meta device (the DiT has its own `initialize_weights`)."""
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on the DiT's weight matrices only (biases, norms and 1-D

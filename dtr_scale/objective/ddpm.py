@@ -82,11 +82,6 @@ class DDPMObjective(Objective):
         """Logging bins: floor(t·K/T), bin 0 the least noisy."""
         return timestep_cluster(t, self.diffusion.num_timesteps, num_clusters)
 
-    def init_own_parameters(self) -> None:
-        if self.weighting is not None:
-            with torch.no_grad():
-                self.weighting.log_vars.zero_()  # s_k = 0: every cluster starts at weight 1/K
-
     def extra_param_groups(self) -> list[dict]:
         """ANT-UW's s_k: own LR, no weight decay (decay would pull every s_k back toward equal weights)."""
         return self.weighting.param_groups(self.ant_lr) if self.weighting is not None else []

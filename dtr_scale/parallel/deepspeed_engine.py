@@ -6,21 +6,26 @@ optimizer is torch's AdamW (DeepSpeed's own optimizers JIT-compile C++ for ~90 s
 DeepSpeed's FusedAdam. DeepSpeed skips steps with non-finite gradient norms in every stage
 (`was_step_applied`), which is how this engine reports skipped steps. Checkpoints hold the
 canonical state read through DeepSpeed's public accessors (deepspeed_state.py), not its own files.
+
+`parallel.meta_init: true` with ZeRO-3 builds a large DiT without holding it whole on any rank:
+the caller builds it inside `deepspeed.zero.Init` (`init_context`), which partitions each
+submodule as soon as it exists (the modules' constructor inits run as in eager, so the random
+draws match; the DiT sees parameters without values and skips its own init), and `prepare` then
+sets the weights from `DiT.init_plan()`, gathering one parameter at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 import torch
+from deepspeed.runtime.zero.partition_parameters import is_zero_param
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param
 
 from .deepspeed_ops import announce_cpu_op_build
 from .deepspeed_state import DeepSpeedState, gather_partition, group_param_names, own_partition
 from .engine import Engine, StepResult, dit_names
-from .ema import LocalEMA
-from .optim import build_optimizer, param_groups
-from .meta_init import initialize_zero3
 from .parallelize import parallelize
 
 
@@ -67,46 +72,60 @@ def deepspeed_config(cfg, world_size: int, on_cuda: bool) -> dict:
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
 
-    def __init__(self, objective, cfg, env, device):
-        super().__init__(objective, cfg, env, device)
+    @classmethod
+    def init_context(cls, cfg, env, device):
+        """ZeRO-3 under `parallel.meta_init`: build inside zero.Init (partitioned as it is built)."""
+        if not (cfg.parallel.meta_init and cfg.parallel.zero_stage == 3):
+            return contextlib.nullcontext()
         import deepspeed
 
-        t = cfg.train
-        self.stage = cfg.parallel.zero_stage
-        self.accum = t.grad_accum
+        deepspeed.init_distributed(dist_init_required=False)  # zero.Init reads the world size from it
+        config = deepspeed_config(cfg, env.world_size, device.type == "cuda")
+        return deepspeed.zero.Init(config_dict_or_path=config, remote_device=None, enabled=True)
+
+    def prepare(self, objective):
+        self.stage = self.cfg.parallel.zero_stage
         self.micro = 0
-        parallelize(objective, cfg, device)
-        if getattr(objective, "deferred_init", None) == "zero3":
-            initialize_zero3(objective)  # built under zero.Init: set the partitioned weights
-        groups = param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr)
-        if device.type == "cuda" and not cfg.parallel.offload:
+        # fp32: the module's parameters are the master weights; bf16/fp16: a rounded copy of them.
+        self.params_are_master = self.cfg.train.precision == "fp32"
+        partitioned = any(is_zero_param(p) for p in objective.dit.parameters())  # built under zero.Init
+        if not partitioned:
+            objective.to(self.device)
+        parallelize(objective, self.cfg, self.device)
+        if partitioned:
+            init_partitioned(objective.dit)
+
+    def make_optimizer(self, groups):
+        t = self.cfg.train
+        if self.device.type == "cuda" and not self.cfg.parallel.offload:
             from deepspeed.ops.adam import FusedAdam
 
-            optimizer = FusedAdam(groups, lr=t.lr, betas=(t.beta1, t.beta2), adam_w_mode=True)
-        else:
-            optimizer = build_optimizer(groups, (t.beta1, t.beta2), device)
-        names = group_param_names(objective, groups)
-        self.config = deepspeed_config(cfg, env.world_size, device.type == "cuda")
-        announce_cpu_op_build(device, env.rank)  # initialize() may compile a C++ op silently
-        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            return FusedAdam(groups, lr=t.lr, betas=(t.beta1, t.beta2), adam_w_mode=True)
+        return super().make_optimizer(groups)
+
+    def wrap(self, objective, optimizer):
+        import deepspeed
+
+        names = group_param_names(objective, optimizer.param_groups)
+        self.config = deepspeed_config(self.cfg, self.env.world_size, self.device.type == "cuda")
+        announce_cpu_op_build(self.device, self.env.rank)  # initialize() may compile a C++ op silently
+        self.ds, wrapped, _, _ = deepspeed.initialize(
             model=objective, optimizer=optimizer, config=self.config, dist_init_required=False
         )
-        self.module = self.ds
-        self.master_copy = t.precision != "fp32"  # the module then holds a rounded copy of the master
         self.canonical = DeepSpeedState(self.ds, objective, optimizer, names, self.stage)
         self.canonical.ensure_optimizer_state()
-        self.ema = LocalEMA(self._local_dit())
+        return self.ds, wrapped
 
     def describe(self) -> str:
         return f"deepspeed ZeRO-{self.stage}"
 
-    def _local_dit(self) -> list[torch.Tensor]:
+    def local_parameters(self) -> list[torch.Tensor]:
         """What the EMA averages: the fp32 master weights. Under fp32 the module's parameters are
         those values bit for bit (ZeRO-1/2 replicate them, ZeRO-3 keeps each rank's flat partition
         in `ds_tensor`); under bf16/fp16 the module holds a rounded copy, so the EMA reads the
         master through DeepSpeed's accessors (ZeRO-3: the rank's own partition, no communication)."""
         params = list(self.objective.dit.parameters())
-        if not self.master_copy:
+        if self.params_are_master:
             return [p.ds_tensor for p in params] if self.stage == 3 else params
         if self.stage == 3:
             return [safe_get_local_fp32_param(p) if p.requires_grad else p.ds_tensor for p in params]
@@ -147,9 +166,19 @@ class DeepSpeedEngine(Engine):
         return dict(self._full_tensors(self.ema.shadow))
 
     def _full_tensors(self, tensors):
-        """Collective: (name, full tensor) from tensors laid out like `_local_dit()`."""
+        """Collective: (name, full tensor) from tensors laid out like `local_parameters()`."""
         for (name, p), local in zip(self.objective.dit.named_parameters(), tensors):
             yield name, gather_partition(local, p) if self.stage == 3 else local
 
     def _gather(self, tensors) -> dict[str, torch.Tensor] | None:
         return self._collect(self._full_tensors(tensors))
+
+
+def init_partitioned(dit: torch.nn.Module) -> None:
+    """Set the weights of a DiT built under zero.Init, gathering one parameter at a time."""
+    import deepspeed
+
+    params = dict(dit.named_parameters())
+    for name, init in dit.init_plan():
+        with deepspeed.zero.GatheredParameters([params[name]], modifier_rank=0):
+            init(params[name].data)

@@ -28,14 +28,3 @@ class LocalEMA:
         weight = applied.to(device=self.shadow[0].device, dtype=torch.float32) * (1.0 - decay)
         torch._foreach_lerp_(self.shadow, current, [weight] * len(self.shadow))
 
-    def state_dict(self) -> dict:
-        return {"shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        loaded = state["shadow"]
-        if len(loaded) != len(self.shadow):
-            raise RuntimeError(f"EMA checkpoint has {len(loaded)} tensors, the model {len(self.shadow)}")
-        for dst, src in zip(self.shadow, loaded):
-            if dst.shape != src.shape:
-                raise RuntimeError(f"EMA checkpoint tensor of shape {tuple(src.shape)} vs {tuple(dst.shape)}")
-            dst.copy_(src)

@@ -4,16 +4,27 @@ The training loop only ever calls these methods, in this order per optimizer ste
 
     for each micro-batch:
         with engine.accumulate(sync=last_micro_batch):
-            loss, per_sample = engine.module(x, t, y, noise)
+            loss, per_sample = engine.module(x, t, y, noise, drop)
             engine.backward(loss)
     result = engine.step()            # clip, skip if non-finite, optimizer step, zero grads
     engine.update_ema(decay, result.applied)  # where the parameters live; a no-op if skipped
 
 plus `save`/`load` (the canonical, name-keyed training state that every engine exposes alike
 through `state_dict`/`load_state_dict`, see training_state.py, written and resharded by DCP) and
-`export_ema` (consolidated weights, rank 0). Engines
-differ in how they wrap the module, reduce gradients and hold optimizer state; the loop and the
-checkpoint do not know which one they run.
+`export_ema` (consolidated weights, rank 0). Engines differ in how they place and wrap the module,
+reduce gradients and hold optimizer state; the loop and the checkpoint do not know which one they
+run. An engine sees only modules and the optimizer's parameter groups, which the objective
+provides (`objective.param_groups`): it knows nothing of the loss or its weighting.
+
+Construction is one template (`Engine.__init__`), torchtitan's order in plain view:
+
+    with Engine.init_context(cfg, env, device):   # meta device / zero.Init under parallel.meta_init
+        dit = ...                                  # (built by the caller)
+    engine = Engine(objective, cfg, env, device)
+        prepare(objective)           place, compile, shard; a deferred build gets its weights here
+        make_optimizer(groups)       from objective.param_groups(lr, weight_decay)
+        wrap(objective, optimizer)   what the loop calls (autocast, DDP, DeepSpeed)
+        LocalEMA(local_parameters()) the average lives where the parameters live
 """
 from __future__ import annotations
 
@@ -27,7 +38,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..safe_checkpoint_io import dcp_load
-from .optim import set_lr
+from .ema import LocalEMA
+from .optim import build_optimizer, set_lr
 from .process_group import DistEnv
 from . import training_state
 
@@ -43,11 +55,35 @@ class Engine:
     name = "base"
 
     def __init__(self, objective: nn.Module, cfg, env: DistEnv, device: torch.device):
-        self.objective = objective  # unwrapped: DiT (`.dit`) + loss-weighting parameters
+        self.objective = objective  # unwrapped: the DiT (`.dit`) and the objective's own parameters
         self.cfg = cfg
         self.env = env
         self.device = device
-        self.module: nn.Module = objective  # what the loop calls; engines replace it with a wrapper
+        self.accum = cfg.train.grad_accum
+        self.prepare(objective)
+        optimizer = self.make_optimizer(objective.param_groups(cfg.train.lr, cfg.train.weight_decay))
+        self.module, self.optimizer = self.wrap(objective, optimizer)  # what the loop calls and steps
+        self.ema = LocalEMA(self.local_parameters())
+
+    # -- construction hooks ------------------------------------------------------------------
+    @classmethod
+    def init_context(cls, cfg, env: DistEnv, device: torch.device) -> ContextManager:
+        """Where the caller builds the DiT. Engines that shard may build it deferred under
+        `parallel.meta_init` (FSDP2: on the meta device; ZeRO-3: inside zero.Init) and give it
+        its weights in `prepare`; the default builds it whole."""
+        return contextlib.nullcontext()
+
+    def prepare(self, objective: nn.Module) -> None:
+        """Everything before the optimizer: placement, activation checkpointing, compile, sharding."""
+        raise NotImplementedError
+
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        return build_optimizer(groups, (t.beta1, t.beta2), self.device)
+
+    def wrap(self, objective: nn.Module, optimizer: torch.optim.Optimizer):
+        """(the module the loop calls, the optimizer `step` drives); both unwrapped by default."""
+        return objective, optimizer
 
     # -- per step -----------------------------------------------------------------------------
     def accumulate(self, sync: bool) -> ContextManager:
@@ -65,14 +101,15 @@ class Engine:
         set_lr(self.optimizer, factor)  # every engine keeps its (possibly wrapped) optimizer here
 
     def update_ema(self, decay: float, applied: torch.Tensor | bool = True) -> None:
-        self.ema.update(self._local_dit(), decay, applied)
+        self.ema.update(self.local_parameters(), decay, applied)
 
-    def _local_dit(self) -> list[torch.Tensor]:
-        """The DiT's parameters as this rank holds them: full, DTensor shards or ZeRO-3 partitions."""
+    def local_parameters(self) -> list[torch.Tensor]:
+        """The DiT's parameters as plain tensors, as this rank holds them: full, the local part
+        of DTensor shards, or ZeRO-3 partitions (what the EMA averages)."""
         raise NotImplementedError
 
     def _gather(self, tensors: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """Collective: full tensors from `tensors` (laid out like `_local_dit()`), on rank 0."""
+        """Collective: full tensors from `tensors` (laid out like `local_parameters()`), on rank 0."""
         return self._collect(zip((n for n, _ in self.objective.dit.named_parameters()), tensors))
 
     # -- state -------------------------------------------------------------------------------
@@ -121,7 +158,7 @@ class Engine:
 
     def export_model(self) -> dict[str, torch.Tensor] | None:
         """Collective: consolidated raw (non-EMA) weights, like `export_ema`."""
-        return self._gather(self._local_dit())
+        return self._gather(self.local_parameters())
 
     def _collect(self, pairs) -> dict[str, torch.Tensor] | None:
         """Rank 0 keeps (name, full tensor) pairs as fp32 CPU copies, plus the DiT's buffers.

@@ -1,4 +1,4 @@
-"""`build_engine`: the engine named by `parallel.engine`, with its preconditions checked.
+"""`engine_class` / `build_engine`: the engine named by `parallel.engine`, with its preconditions checked.
 
 Kept beside the engines (not in `engine.py`) so that the base class never imports its subclasses;
 each engine module is imported only when chosen, so DeepSpeed is not loaded for a DDP run.
@@ -13,8 +13,9 @@ from .engine import Engine
 from .process_group import DistEnv
 
 
-def build_engine(objective: nn.Module, cfg, env: DistEnv, device: torch.device) -> Engine:
-    """Wrap `objective` (already on `device`) with the engine named by `parallel.engine`."""
+def engine_class(cfg, env: DistEnv, device: torch.device) -> type[Engine]:
+    """The engine class named by `parallel.engine`, once its preconditions hold. The caller builds
+    the DiT under `engine_class(...).init_context(...)`, then constructs the engine around it."""
     name = cfg.parallel.engine
     if name == "single" and env.world_size > 1:
         raise ConfigError(f"parallel.engine=single with {env.world_size} processes; use ddp, fsdp or deepspeed")
@@ -30,17 +31,22 @@ def build_engine(objective: nn.Module, cfg, env: DistEnv, device: torch.device) 
     if name == "single":
         from .local import SingleEngine
 
-        return SingleEngine(objective, cfg, env, device)
+        return SingleEngine
     if name == "ddp":
         from .local import DDPEngine
 
-        return DDPEngine(objective, cfg, env, device)
+        return DDPEngine
     if name == "fsdp":
         from .fsdp import FSDPEngine
 
-        return FSDPEngine(objective, cfg, env, device)
+        return FSDPEngine
     if name == "deepspeed":
         from .deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine(objective, cfg, env, device)
+        return DeepSpeedEngine
     raise ValueError(f"parallel.engine: unknown engine {name!r}")
+
+
+def build_engine(objective: nn.Module, cfg, env: DistEnv, device: torch.device) -> Engine:
+    """Wrap `objective` (built whole) with the engine named by `parallel.engine`."""
+    return engine_class(cfg, env, device)(objective, cfg, env, device)

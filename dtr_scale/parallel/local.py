@@ -13,8 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .engine import Engine, StepResult
-from .ema import LocalEMA
-from .optim import build_optimizer, clip_and_step, param_groups
+from .optim import clip_and_step
 from .parallelize import parallelize
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,22 +38,19 @@ class AutocastModule(nn.Module):
 class SingleEngine(Engine):
     name = "single"
 
-    def __init__(self, objective, cfg, env, device):
-        super().__init__(objective, cfg, env, device)
-        t = cfg.train
-        self.accum = t.grad_accum
-        parallelize(objective, cfg, device)
-        self.optimizer = build_optimizer(
-            param_groups(objective, t.lr, t.weight_decay, cfg.diffusion.ant_lr), (t.beta1, t.beta2), device
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
-        self.module = self.wrap(AutocastModule(objective, _DTYPES.get(t.precision), device.type))
-        self.ema = LocalEMA(self._local_dit())
+    def prepare(self, objective):
+        objective.to(self.device)
+        parallelize(objective, self.cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.cfg.train.precision == "fp16" else None
 
-    def wrap(self, module: nn.Module) -> nn.Module:
+    def wrap(self, objective, optimizer):
+        return self.replicate(AutocastModule(objective, _DTYPES.get(self.cfg.train.precision), self.device.type)), optimizer
+
+    def replicate(self, module: nn.Module) -> nn.Module:
+        """One process: the module as it is (DDP wraps it to all-reduce the gradients)."""
         return module
 
-    def _local_dit(self) -> list[torch.Tensor]:
+    def local_parameters(self) -> list[torch.Tensor]:
         return list(self.objective.dit.parameters())
 
     def backward(self, loss):
@@ -68,7 +64,7 @@ class SingleEngine(Engine):
 class DDPEngine(SingleEngine):
     name = "ddp"
 
-    def wrap(self, module):
+    def replicate(self, module):
         ids = [self.device.index] if self.device.type == "cuda" else None
         # Buffers (the routing masks) never change during training: no per-step broadcast.
         return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)

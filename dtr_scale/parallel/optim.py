@@ -1,26 +1,9 @@
-"""Optimizer parameter groups, optimizer construction and the LR schedule, shared by every engine."""
+"""Optimizer construction, clipping with a device-side skip, and the LR schedule, shared by every
+engine (the parameter groups come from the objective: `objective.param_groups`)."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.distributed.tensor import DTensor
-
-
-def param_groups(objective: nn.Module, lr: float, weight_decay: float, ant_lr: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices only (biases, embeddings' 1-D params untouched),
-    and ANT-UW's log-variances in their own group with their own LR and no decay.
-    Every group records `base_lr`, which the warmup schedule scales."""
-    decay, no_decay = [], []
-    for name, p in objective.dit.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay, "base_lr": lr},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "base_lr": lr},
-    ]
-    if objective.weighting is not None:
-        groups.append({"params": [objective.weighting.log_vars], "lr": ant_lr, "weight_decay": 0.0, "base_lr": ant_lr})
-    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(groups: list[dict], betas: tuple[float, float], device: torch.device) -> torch.optim.Optimizer:

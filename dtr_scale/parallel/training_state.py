@@ -5,8 +5,8 @@
      "optim": {"state": {objective name: {"exp_avg", "exp_avg_sq", "step"}},
                "param_groups": [{"lr", "betas", "eps", "weight_decay", "base_lr"}]}}  # float64 tensors
 
-Names are those of `Objective.named_parameters()` (dtr_scale/objective/) ("dit.blocks.0.attn.qkv.weight",
-"weighting.log_vars", the buffer "dit.router.masks"); the EMA uses the DiT's own names, which is
+Names are those of `objective.named_parameters()` ("dit.blocks.0.attn.qkv.weight", the objective's
+own learned parameters outside the DiT, the buffer "dit.router.masks"); the EMA uses the DiT's own names, which is
 what export writes. Values are plain full tensors (single, DDP, DeepSpeed) or DTensor shards
 (FSDP2). PyTorch distributed checkpoint (DCP) writes them by name and global shape, so a state
 saved by any engine on any world size loads into any other: DCP reshards on read.

@@ -29,7 +29,8 @@ TAR_CLASS_FIELDS = ("cls", "cls.txt", "class", "label", "class.txt")
 
 
 @dataclass(frozen=True)
-class ShardPlan:
+class InputShard:
+    """The images of one prep output shard (`ImageSource.shards[i]` becomes shard i)."""
     index: int
     read: Callable[[], Iterator[tuple[Image.Image, int]]]  # images of this shard, in order
     size: int | None = None  # number of images, when known without reading
@@ -40,7 +41,7 @@ class ImageSource:
     description: str            # recorded in the manifest
     native_mode: str            # "L" (grayscale) or "RGB": the channels used in pixel mode
     num_classes: int | None     # None: known only after reading (tar sources)
-    shards: tuple[ShardPlan, ...]
+    shards: tuple[InputShard, ...]
 
 
 def _chunks(n: int, size: int) -> list[range]:
@@ -60,7 +61,7 @@ def digits_source(shard_size: int) -> ImageSource:
                 yield Image.fromarray(pixels[i], mode="L"), int(labels[i])
         return read
 
-    plans = tuple(ShardPlan(k, reader(r), len(r)) for k, r in enumerate(_chunks(len(labels), shard_size)))
+    plans = tuple(InputShard(k, reader(r), len(r)) for k, r in enumerate(_chunks(len(labels), shard_size)))
     return ImageSource("digits", "L", 10, plans)
 
 
@@ -92,7 +93,7 @@ def imagefolder_source(root: str, shard_size: int) -> ImageSource:
                     yield im, label
         return read
 
-    plans = tuple(ShardPlan(k, reader(r), len(r)) for k, r in enumerate(_chunks(len(items), shard_size)))
+    plans = tuple(InputShard(k, reader(r), len(r)) for k, r in enumerate(_chunks(len(items), shard_size)))
     return ImageSource(f"imagefolder:{root}", "RGB", len(classes), plans)
 
 
@@ -131,7 +132,7 @@ def tar_source(pattern: str) -> ImageSource:
     paths = sorted(glob.glob(pattern))
     if not paths:
         raise FileNotFoundError(f"tar source {pattern!r} matches no files")
-    plans = tuple(ShardPlan(k, (lambda p=p: _tar_samples(p))) for k, p in enumerate(paths))
+    plans = tuple(InputShard(k, (lambda p=p: _tar_samples(p))) for k, p in enumerate(paths))
     return ImageSource(f"tar:{pattern}", "RGB", None, plans)
 
 
