@@ -6,7 +6,6 @@ from dtr_scale.config import load_config
 from dtr_scale.diffusion import create_diffusion
 from dtr_scale.models import create_model
 from dtr_scale.objective import DDPMObjective, FlowSolver, build_objective, dit_from_config, objective_class
-from dtr_scale.parallel.optim import param_groups as engine_param_groups
 from dtr_scale.randomness import (PositionDraws, RankDraws, derive_seed, rank_streams, sample_seed, splitmix64,
                                   training_inputs)
 
@@ -77,14 +76,20 @@ def test_ddpm_objective_weights_its_loss_as_create_diffusion_does(weighting):
 @pytest.mark.parametrize("overrides", [[], ["diffusion.loss_weighting=ant_uw", "diffusion.ant_lr=0.5"],
                                        ["diffusion.objective=flow"]])
 def test_param_groups_are_the_engines_groups(overrides):
+    """What every engine's AdamW is built from: decay on the DiT's matrices only, 1-D parameters
+    undecayed, and the objective's own parameters (ANT-UW) last with their own LR and no decay."""
     cfg, objective = tiny(overrides)
-    mine = objective.param_groups(1e-3, 0.01)
-    theirs = engine_param_groups(objective, 1e-3, 0.01, cfg.diffusion.ant_lr)
-    assert [{k: v for k, v in g.items() if k != "params"} for g in mine] == \
-           [{k: v for k, v in g.items() if k != "params"} for g in theirs]
-    assert [[id(p) for p in g["params"]] for g in mine] == [[id(p) for p in g["params"]] for g in theirs]
+    groups = objective.param_groups(1e-3, 0.01)
+    dit_params = [p for p in objective.dit.parameters() if p.requires_grad]
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in dit_params if p.dim() >= 2]
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in dit_params if p.dim() < 2]
+    assert {k: v for k, v in groups[0].items() if k != "params"} == {"lr": 1e-3, "weight_decay": 0.01, "base_lr": 1e-3}
+    assert {k: v for k, v in groups[1].items() if k != "params"} == {"lr": 1e-3, "weight_decay": 0.0, "base_lr": 1e-3}
     if objective.weighting is not None:
-        assert mine[-1] == {"params": [objective.weighting.log_vars], "lr": 0.5, "weight_decay": 0.0, "base_lr": 0.5}
+        assert groups[-1] == {"params": [objective.weighting.log_vars], "lr": 0.5, "weight_decay": 0.0, "base_lr": 0.5}
+        assert len(groups) == 3
+    else:
+        assert len(groups) == 2
 
 
 def test_each_objective_writes_its_own_records():

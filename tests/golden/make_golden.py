@@ -86,8 +86,12 @@ def checkpoint_tensors(step_dir: str, scratch: str) -> dict:
     dcp_to_torch_save(os.path.join(step_dir, "state"), target)
     state = torch.load(target, map_location="cpu", weights_only=True)
     os.remove(target)
-    # First values for the weights (to see how far a mismatch goes), hashes for the rest.
-    return {path: tensor_record(t, head=path.startswith("/model/")) for path, t in sorted(flatten(state))}
+    # First values for the weights (to see how far a mismatch goes), hashes for the rest. The
+    # optimizer's group hyper-parameters are left out: they were plain floats (not tensors, so not
+    # recorded) before checkpoints stopped pickling anything, and float64 tensors since; their
+    # values come from the config, and the trajectory they drive is pinned by the weights.
+    return {path: tensor_record(t, head=path.startswith("/model/")) for path, t in sorted(flatten(state))
+            if not path.startswith("/optim/param_groups/")}
 
 
 def checkpoint_schema(step_dir: str) -> dict:
@@ -99,7 +103,9 @@ def checkpoint_schema(step_dir: str) -> dict:
         meta = json.load(f)
     trainer = torch.load(os.path.join(step_dir, "trainer_rank00000.pt"), map_location="cpu", weights_only=False)
     index = FileSystemReader(os.path.join(step_dir, "state")).read_metadata()
-    shapes = {k: list(getattr(v, "size", [])) for k, v in sorted(index.state_dict_metadata.items())}
+    # The optimizer groups' entries are left out for the reason given in checkpoint_tensors.
+    shapes = {k: list(getattr(v, "size", [])) for k, v in sorted(index.state_dict_metadata.items())
+              if not k.startswith("optim.param_groups.")}
     return {"meta_keys": sorted(meta), "fingerprint": meta.get("fingerprint"), "trainer_keys": sorted(trainer),
             "loader_state": trainer["loader"], "index": shapes}
 
