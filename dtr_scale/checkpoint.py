@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text
+from .errors import UserError
 from .checkpoint_meta import LAYOUT, STATE_DIR, check_fingerprint, engine_label, read_meta, verify_checkpoint_files
 from .parallel.process_group import DistEnv, barrier
 
@@ -145,7 +146,7 @@ class CheckpointManager:
         verify_checkpoint_files(path, meta["world_size"])
         same_ranks = meta["world_size"] == self.env.world_size
         if not same_ranks and data_mode != "global":
-            raise ValueError(
+            raise UserError(
                 f"{path} was written by {meta['world_size']} ranks, this run has {self.env.world_size}: "
                 f"data.mode={data_mode} keeps a data position per rank, which cannot be split or merged; "
                 "resuming on another world size needs data.mode=global"

@@ -31,6 +31,9 @@ import time
 import numpy as np
 import yaml
 
+from .errors import run_cli
+from .input_checks import at_least, finite, writable_dir
+
 # A tiny routed DiT that learns the digits in a few minutes on 2 cores: 4 tokens of 4×4 pixels
 # (patch 2 means 16 tokens and about 3× the compute per image), 6 blocks of width 128. With
 # LR 1.5e-3, a 40-step warm-up and EMA 0.99 the loss flattens by ~700 steps and the samples are
@@ -122,7 +125,21 @@ def main(argv=None) -> int:
                    help="ddpm (DiT/DTR) or flow (SiT transport, Euler ODE sampling)")
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first (otherwise finished stages resume)")
-    args = p.parse_args(argv)
+    return run_cli(_demo, p.parse_args(argv))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Option ranges and the output folder, before the first stage (prep) spends any time."""
+    at_least(args.steps, 1, "--steps")
+    at_least(args.nproc, 1, "--nproc")
+    at_least(args.num_samples, 1, "--num-samples")
+    at_least(args.flow_steps, 2, "--flow-steps")
+    finite(args.cfg_scale, "--cfg-scale", 0.0, " (1.0 = no guidance)")
+    writable_dir(args.out, "--out")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    check_args(args)
 
     out = os.path.abspath(args.out)
     if args.fresh and os.path.isdir(out):

@@ -24,8 +24,10 @@ from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng
 from .checkpoint_meta import fingerprint as run_fingerprint
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
+from .errors import UserError, run_cli
 from .export import data_identity
 from .in_loop import InLoopMonitor
+from .input_checks import writable_dir
 from .metrics import MetricsLogger
 from .models import dit_train_flops
 from .objective import build_objective, dit_from_config
@@ -34,7 +36,7 @@ from .parallel.factory import build_engine
 from .parallel.meta_init import build_objective_for_engine
 from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
-from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
+from .parallel.process_group import DistEnv, init_distributed, local_device, read_dist_env, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 
 log = logging.getLogger("dtr_scale")
@@ -229,7 +231,7 @@ def check_nonfinite(tr: Trainer, longest_bad_run: int) -> None:
     the limit was reached, but always before a checkpoint (skipped steps change nothing anyway)."""
     t = tr.cfg.train
     if longest_bad_run >= t.max_consecutive_nonfinite:
-        raise RuntimeError(
+        raise UserError(
             f"{longest_bad_run} consecutive non-finite steps (train.max_consecutive_nonfinite="
             f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
             f"train.lr, set train.grad_clip, or check the data (data errors so far: {tr.loader.data_errors})"
@@ -317,19 +319,40 @@ def run(cfg: Config, env: DistEnv) -> int:
     return 0
 
 
+def check_inputs(args: argparse.Namespace, world_size: int | None = None) -> Config:
+    """Everything checkable before the model is built or a process group starts: the config
+    (with the batch split when the world size is known), the data (manifest, shard names and
+    files, the first sample), the checkpoint folder and the resume path. Every rank runs it (the
+    answers are the same), so each exits 2 alone; launch/check_inputs.py runs it at submit time."""
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    if not os.path.exists(args.config):
+        raise ConfigError(f"--config {args.config}: config file not found (checked from {os.getcwd()}); "
+                          "pass a YAML file from configs/")
+    cfg = validate(load_config(args.config, overrides), world_size=world_size)
+    if world_size and world_size > 1 and cfg.parallel.engine == "single":
+        raise ConfigError(f"parallel.engine=single cannot run {world_size} processes; "
+                          "set parallel.engine=ddp, fsdp or deepspeed")
+    check_data_path(cfg.data.path)
+    writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "none") and not os.path.isdir(resume):
+        raise ConfigError(f"checkpoint.resume={resume}: not a checkpoint directory "
+                          "(use auto, none or a run's step_* directory)")
+    return cfg
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
-    try:
-        cfg = load_config(args.config, overrides)
-        check_data_path(cfg.data.path)  # before any process group, so a typo fails fast
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    checked: list[Config] = []
+    code = run_cli(lambda: checked.append(check_inputs(args, read_dist_env().world_size)) or 0)
+    if code:
+        return code
     env = init_distributed()
     try:
-        code = run(cfg, env)
+        # A user error after start-up (bad data met at step N, a non-finite run): one line from
+        # rank 0 and exit 2 on every rank; run_cli does not return from that inside a group.
+        code = run_cli(run, checked[0], env)
     except BaseException:
         log.exception("rank %d failed", env.rank)
         # Exit hard: a clean destroy_process_group could wait on peers that will never arrive.
