@@ -68,10 +68,10 @@ def check_args(args: argparse.Namespace) -> None:
         at_least(args.pr_k, 1, "--pr-k", " (the k of the k-NN radii; ADM uses 3), or pass --no-pr")
     if args.num_samples is not None:
         at_least(args.num_samples, 1, "--num-samples", " (leave it out to use every sample)")
-    existing(args.samples, "samples (.npz of NHWC uint8 images, or a folder of them)", "--samples")
-    existing(args.ref, "reference (ADM .npz, image .npz, image folder or prep output folder)", "--ref")
+    existing(args.samples, "--samples", "samples (.npz of NHWC uint8 images, or a folder of them)")
+    existing(args.ref, "--ref", "reference (ADM .npz, image .npz, image folder or prep output folder)")
     if args.extractor == "inception" and args.inception_weights:
-        existing(args.inception_weights, "Inception weights file", "--inception-weights")
+        existing(args.inception_weights, "--inception-weights", "Inception weights file")
     writable_file(args.out, "--out")
     if args.extractor == "pixels":
         check_pixel_shapes(args.samples, args.ref)

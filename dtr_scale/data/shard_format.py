@@ -116,6 +116,12 @@ def check_sample(sample: Mapping, field: str, expected_shape: tuple[int, ...], n
         raise DataError(f"{where}: class {cls} is outside [0, {num_classes})")
 
 
+def count_mismatch(shard: str, seen: int, listed: int) -> DataError:
+    """A shard whose sample count is not the one dataset.json lists (every data mode checks it)."""
+    return DataError(f"shard {shard} holds {seen} samples, dataset.json says {listed}: the manifest and the "
+                     "shards come from different prep runs (or the shard was rewritten); rerun prep")
+
+
 def check_finite(sample: Mapping, field: str) -> None:
     """Refuse a sample whose latents or moments hold NaN or inf: trained on, it would turn every
     weight non-finite (or, caught by the skip logic, silently stall the run). A view of the bytes

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .shard_format import DataError, check_finite, check_sample, decode_array, decode_class, stored_shape
+from .shard_format import DataError, check_finite, check_sample, count_mismatch, decode_array, decode_class, stored_shape
 
 log = logging.getLogger("dtr_scale.data")
 
@@ -111,10 +111,7 @@ class _ErrorPolicy:
 
 def _count_problem(url: str, seen: int, expected: dict) -> DataError | None:
     want = expected.get(url)
-    if want is None or seen == want:
-        return None
-    return DataError(f"shard {url} holds {seen} samples, dataset.json says {want}: the manifest and the "
-                     "shards come from different prep runs (or the shard was rewritten); rerun prep")
+    return None if want is None or seen == want else count_mismatch(url, seen, want)
 
 
 def _validate(src, spec: StreamSpec, policy: _ErrorPolicy):
