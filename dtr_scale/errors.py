@@ -11,20 +11,27 @@ printed by rank 0 alone, and exit code 2 in every process of a distributed run, 
 traceback. Any other exception is a bug and keeps its traceback.
 
 A user error that only one rank meets after start-up (a NaN sample that rank 3 reads at step
-900) leaves the other ranks blocked in a collective. The failing rank therefore writes its
-message into the process group's key-value store before it exits; the collective then fails on
-the other ranks, which find the message there instead of reporting a bug, and exit 2 too, rank
-0 printing the line.
+900) leaves the other ranks blocked in a collective, where no exception reaches them. The
+failing rank therefore writes its message, with a deadline a few seconds ahead, into the process
+group's key-value store; a watcher thread on every rank (started by `remember_process_group`)
+looks for that key once a second, rank 0 prints the line, and every rank exits 2 at the
+deadline. Leaving together matters: a launcher (torchrun) that sees one rank exit kills the rest
+with SIGTERM, and they would not exit 2.
 """
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from typing import Callable
 
 EXIT_USER_ERROR = 2
 _STORE_KEY = "dtr_scale/user_error"
 _GROUP: dict = {}  # the process group's store and this rank, kept by `remember_process_group`
+_LOCK = threading.Lock()
+_WATCH_S = 1.0  # how often each rank looks for a peer's user error (one small store request)
+_GRACE_S = 3.0  # every rank exits this long after the first report: all watchers see it by then
 
 
 class UserError(ValueError):
@@ -83,33 +90,65 @@ def exit_after_start(exc: BaseException) -> None:
     """In a process group: end this process with code 2 if `exc` is a user error, or the echo of a
     peer's (a collective that failed because that peer left). Returns for real bugs, which the
     caller reports with their traceback. Exits hard (`os._exit`): a clean teardown would wait on
-    peers that have already gone."""
+    peers that are blocked in a collective."""
     store = _store()
-    rank = _group_rank()
     if isinstance(exc, USER_ERRORS):
-        message = one_line(exc)
-        if store is not None and rank != 0:
-            try:  # the first rank to fail names the problem; rank 0 prints it
-                store.compare_set(_STORE_KEY, "", message)
-            except Exception:  # noqa: BLE001 - a dead store must not hide the user's message
-                print_error(message, rank=0)
-        else:
+        _GROUP["failing"] = True  # this rank's watcher must not answer its own message
+        _leave_together(store, one_line(exc))
+    found = _read_key(store, wait_s=3.0)
+    if found is not None:
+        _leave_together(store, None, found)
+
+
+def _leave_together(store, message: str | None, found: tuple[float, str] | None = None) -> None:
+    """Publish `message` (the first rank to fail names the problem), let rank 0 print it, and exit
+    2 at the shared deadline. The other ranks are blocked in a collective and cannot see an
+    exception: their watcher threads find the key within `_WATCH_S`. All exit at one moment,
+    because a launcher that sees one rank exit kills the rest (with SIGTERM, not exit 2)."""
+    if found is None and store is not None and message is not None:
+        try:
+            store.compare_set(_STORE_KEY, "", f"{time.time() + _GRACE_S:.3f}|{message}")
+        except Exception:  # noqa: BLE001 - a dead store must not hide the user's message
+            store = None
+        found = _read_key(store, wait_s=0.0)
+    deadline, text = found if found is not None else (time.time(), message or "")
+    _print_once(text)
+    if _GROUP.get("world", 2) <= 1:
+        deadline = 0.0  # nobody to wait for
+    time.sleep(max(0.0, deadline - time.time()))
+    _hard_exit(EXIT_USER_ERROR)
+
+
+def _print_once(message: str) -> None:
+    with _LOCK:
+        if not _GROUP.get("printed") and _group_rank() == 0:
+            _GROUP["printed"] = True
             print_error(message, rank=0)
-            _store_set(store, message)
-        _hard_exit(EXIT_USER_ERROR)
-    peer = _peer_message(store)
-    if peer is not None:
-        print_error(peer, rank=rank)
-        _hard_exit(EXIT_USER_ERROR)
+
+
+def _watch(store, interval_s: float) -> None:
+    """Daemon thread: a peer's user error ends this rank too, whatever its main thread waits on."""
+    while True:
+        time.sleep(interval_s)
+        if _GROUP.get("failing"):
+            return
+        found = _read_key(store, wait_s=0.0)
+        if found is not None:
+            _leave_together(store, None, found)
 
 
 def remember_process_group() -> None:
-    """Keep the store and rank of the current process group, so that a failure reported after
-    code in a `finally` has torn the group down still reaches (and hears from) the other ranks."""
-    if _group_initialized():
-        import torch.distributed as dist
+    """Call once after the process group starts. Keeps its store and this rank (so that a failure
+    reported after a `finally` has torn the group down still reaches the other ranks) and starts
+    the watcher thread that ends this rank when another one reports a user error."""
+    if not _group_initialized() or "store" in _GROUP:
+        return
+    import torch.distributed as dist
 
-        _GROUP.update(store=_store(), rank=dist.get_rank())
+    _GROUP.update(store=_store(), rank=dist.get_rank(), world=dist.get_world_size())
+    if _GROUP["store"] is not None and dist.get_world_size() > 1:
+        threading.Thread(target=_watch, args=(_GROUP["store"], _WATCH_S), daemon=True,
+                         name="dtr_scale-user-error-watch").start()
 
 
 def _group_initialized() -> bool:
@@ -139,27 +178,22 @@ def _store():
         return None
 
 
-def _store_set(store, message: str) -> None:
-    if store is not None:
-        try:
-            store.set(_STORE_KEY, message)
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _peer_message(store, wait_s: float = 3.0) -> str | None:
-    """A user error another rank wrote, waiting briefly: the peer writes before it exits, and a
-    collective fails here only once the peer is gone, so the key is normally there already."""
+def _read_key(store, wait_s: float) -> tuple[float, str] | None:
+    """(deadline, message) of a user error some rank published, or None (none, or no store)."""
     if store is None:
         return None
     import datetime
 
     try:
-        store.wait([_STORE_KEY], datetime.timedelta(seconds=wait_s))
+        if wait_s > 0:
+            store.wait([_STORE_KEY], datetime.timedelta(seconds=wait_s))
+        elif not store.check([_STORE_KEY]):
+            return None
         value = store.get(_STORE_KEY).decode("utf-8", "replace")
+        deadline, _, message = value.partition("|")
+        return float(deadline), message
     except Exception:  # noqa: BLE001 - no key (a real failure) or the store went with its host
         return None
-    return value or None
 
 
 def _hard_exit(code: int) -> None:

@@ -24,7 +24,7 @@ from .checkpoint import CheckpointManager, atomic_write_text, rng_state, set_rng
 from .checkpoint_meta import fingerprint as run_fingerprint
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
-from .errors import UserError, run_cli
+from .errors import UserError, remember_process_group, run_cli
 from .export import data_identity
 from .in_loop import InLoopMonitor
 from .input_checks import writable_dir
@@ -349,6 +349,7 @@ def main(argv=None) -> int:
     if code:
         return code
     env = init_distributed()
+    remember_process_group()
     try:
         # A user error after start-up (bad data met at step N, a non-finite run): one line from
         # rank 0 and exit 2 on every rank; run_cli does not return from that inside a group.
