@@ -65,9 +65,9 @@ def check_args(args: argparse.Namespace) -> SampleOptions:
     opts = parse_options(args.options)
     if not os.path.exists(args.weights):
         raise UserError(
-            f"--weights {args.weights}: weights file or checkpoint directory not found; pass an exported weights file (.pt or .safetensors "
-            "from `python -m dtr_scale.export --checkpoint RUN_DIR --out W.pt`) or a training run / step_* "
-            "checkpoint directory")
+            f"--weights {args.weights} does not exist (no weights file or checkpoint directory there): pass "
+            "an exported weights file (.pt or .safetensors from `python -m dtr_scale.export --checkpoint "
+            "RUN_DIR --out W.pt`) or a training run / step_* checkpoint directory")
     if os.path.isdir(args.weights):
         from dtr_scale.export import resolve_checkpoint
 

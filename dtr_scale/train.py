@@ -332,13 +332,30 @@ def check_inputs(args: argparse.Namespace, world_size: int | None = None) -> Con
     if world_size and world_size > 1 and cfg.parallel.engine == "single":
         raise ConfigError(f"parallel.engine=single cannot run {world_size} processes; "
                           "set parallel.engine=ddp, fsdp or deepspeed")
-    check_data_path(cfg.data.path)
+    manifest = check_data_path(cfg.data.path)
+    check_model_fits_data(cfg, manifest)
     writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    e = cfg.eval
+    if e.every and e.ref and not os.path.exists(e.ref):
+        raise ConfigError(f"eval.ref={e.ref}: reference not found; pass an ADM .npz, image .npz or folder, "
+                          "or leave eval.ref unset to use the training shards")
     resume = cfg.checkpoint.resume
     if resume not in ("auto", "none") and not os.path.isdir(resume):
         raise ConfigError(f"checkpoint.resume={resume}: not a checkpoint directory "
                           "(use auto, none or a run's step_* directory)")
     return cfg
+
+
+def check_model_fits_data(cfg: Config, manifest) -> None:
+    """The model's input size / channels / classes, where given, against the data's manifest."""
+    m, (channels, height, width) = cfg.model, manifest.latent_shape
+    for key, mine, data in (("model.in_channels", m.in_channels, channels), ("model.input_size", m.input_size, height)):
+        if mine is not None and mine != data:
+            raise ConfigError(f"{key}={mine} does not match the data's latent shape {list(manifest.latent_shape)} "
+                              f"(from {cfg.data.path}/dataset.json); leave it unset to take it from the data")
+    if m.num_classes is not None and m.num_classes < manifest.num_classes:
+        raise ConfigError(f"model.num_classes={m.num_classes}: the data has {manifest.num_classes} classes "
+                          f"(from {cfg.data.path}/dataset.json); leave it unset to take it from the data")
 
 
 def main(argv=None) -> int:

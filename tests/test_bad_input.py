@@ -152,6 +152,18 @@ def test_train_refuses_bad_values_before_start(capsys, digits_shards, tmp_path, 
     assert not (tmp_path / "run").exists()  # refused before anything was created
 
 
+def test_train_model_does_not_fit_the_data(capsys, digits_shards, tmp_path):
+    code, err = cli(capsys, train.main, train_args(digits_shards, tmp_path / "run", "model.input_size=32"))
+    last_error(code, err, "model.input_size=32 does not match the data's latent shape [1, 16, 16]")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_eval_ref_missing(capsys, digits_shards, tmp_path):
+    code, err = cli(capsys, train.main, train_args(digits_shards, tmp_path / "run", "eval.every=5",
+                                                   f"eval.ref={tmp_path / 'ref.npz'}"))
+    last_error(code, err, f"eval.ref={tmp_path / 'ref.npz'}: reference not found")
+
+
 def test_train_yaml_syntax_error(capsys, digits_shards, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: 1e-4\n   max_steps: 3\n")
@@ -248,6 +260,18 @@ def test_nan_sample_raises_naming_shard_and_sample(capsys, digits_shards, tmp_pa
     code, err = cli(capsys, train.main, train_args(data, tmp_path / "run", "train.max_steps=2", "data.on_error=raise"))
     last_error(code, err, "latent.npy holds 1 non-finite value(s) (NaN/inf)", "_000000' in shard",
                "data.on_error=raise")
+
+
+def test_nan_sample_in_a_loader_worker_is_one_line(capsys, digits_shards, tmp_path):
+    """Raised in a DataLoader worker process: torch folds the worker's traceback into the text;
+    the line keeps only the message."""
+    data = copy_data(digits_shards, tmp_path)
+    for name in shard_names(data):
+        rewrite_shard(data, name, lambda i, k, f: nan_latent(f) if i == 0 else f)
+    code, err = cli(capsys, train.main, train_args(data, tmp_path / "run", "train.max_steps=2",
+                                                   "data.on_error=raise", "data.num_workers=1"))
+    line = last_error(code, err, "latent.npy holds 1 non-finite value(s)")
+    assert "Original Traceback" not in err and "DataLoader worker" not in line
 
 
 def test_nan_sample_global_mode_stops_naming_shard_sample_and_position(capsys, digits_shards, tmp_path):
@@ -412,7 +436,7 @@ def test_sample_bad_options(capsys, weights, tmp_path, option, needle):
 
 def test_sample_weights_missing(capsys, tmp_path):
     code, err = cli(capsys, sample.main, ["--weights", tmp_path / "w.pt", "--out", tmp_path / "s"])
-    last_error(code, err, "weights file or checkpoint directory not found")
+    last_error(code, err, "does not exist (no weights file or checkpoint directory there)")
 
 
 def test_sample_weights_folder_without_checkpoint(capsys, tmp_path):
