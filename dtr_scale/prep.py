@@ -16,6 +16,7 @@ import glob
 import os
 import sys
 
+from .data.encoders import check_vae_path
 from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, PrepConfig, run_prep
 from .errors import UserError, remember_process_group, run_cli
 from .input_checks import at_least, writable_dir
@@ -84,10 +85,8 @@ def check_args(args: argparse.Namespace) -> PrepConfig:
             raise UserError(f"--source {args.source}: no file matches {value}")
     else:
         raise UserError(f"--source {args.source}: expected digits, imagefolder:DIR or tar:GLOB")
-    # A VAE given as a path must exist; anything else is a hub id that the encoder resolves.
-    if args.vae != "none" and args.vae.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(args.vae)):
-        raise UserError(f"--vae {args.vae}: VAE directory not found; pass a diffusers AutoencoderKL "
-                        "directory, a hub id, or none (pixel mode)")
+    if args.vae != "none":
+        check_vae_path(args.vae)  # a VAE given as a path must exist; a hub id is resolved later
     writable_dir(args.out, "--out")
     return PrepConfig(source=args.source, vae=args.vae, out=args.out, resolution=args.resolution,
                       shard_size=args.shard_size, batch_size=args.batch_size,

@@ -37,7 +37,9 @@ def _parse(parse, args: list[str], verb: str):
             return parse(args)
     except SystemExit as exc:
         lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        raise InputError(lines[-1] if lines else f"bad arguments for dtr_scale.{verb}: {' '.join(args)}") from exc
+        if not lines:
+            raise InputError(f"bad arguments for dtr_scale.{verb}: {' '.join(args)}") from exc
+        raise InputError(f"dtr_scale.{verb}: {lines[-1].split(': error: ', 1)[-1]}") from exc
 
 
 def check_train(args: list[str], world_size: int | None) -> list[str]:

@@ -396,7 +396,7 @@ def test_prep_tar_num_classes_too_small(capsys, tmp_path):
     (["--source", "bogus"], "--source bogus: expected digits, imagefolder:DIR or tar:GLOB"),
     (["--source", "digits", "--shard-size", "0"], "--shard-size: got 0; must be >= 1"),
     (["--source", "digits", "--batch-size", "0"], "--batch-size: got 0; must be >= 1"),
-    (["--source", "digits", "--vae", "./no-vae-here"], "--vae ./no-vae-here: VAE directory not found"),
+    (["--source", "digits", "--vae", "./no-vae-here"], "VAE directory './no-vae-here' does not exist"),
 ], ids=["missing-folder", "bad-source", "shard-size-0", "batch-size-0", "missing-vae"])
 def test_prep_bad_options(capsys, tmp_path, argv, needle):
     args = ["--out", tmp_path / "out", "--vae", "none", "--no-progress", *argv]
@@ -427,6 +427,7 @@ def weights(tmp_path_factory):
     ("batch_size=0", "batch_size: got 0; allowed: an integer >= 1"),
     ("atol=nan", "atol: got nan; allowed: a finite number > 0"),
     ("diffusion_norm=nan", "diffusion_norm: got nan; allowed: a finite number >= 0"),
+    ("steps=abc", "steps: got 'abc'; allowed: '250' (steps spread evenly), 'ddim50'"),
 ], ids=lambda v: v.split("=")[0] + "-" + v.split("=")[-1][:6])
 def test_sample_bad_options(capsys, weights, tmp_path, option, needle):
     code, err = cli(capsys, sample.main, ["--weights", weights, "--out", tmp_path / "s", "sampler=ddim", option])

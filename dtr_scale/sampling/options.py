@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -82,6 +83,8 @@ class SampleOptions:
             bad("seed", "an integer in [0, 2**32)")
         if self.sampler not in SAMPLERS:
             bad("sampler", " | ".join(SAMPLERS))
+        if self.steps is not None and not re.fullmatch(r"\s*(ddim[1-9]\d*|[1-9]\d*(\s*,\s*[1-9]\d*)*)\s*", self.steps):
+            bad("steps", "'250' (steps spread evenly), 'ddim50' (DDIM's even stride) or sections '10,15,20'")
         # Written so that NaN fails (NaN compares false): `not (x >= 0)`, never `x < 0`.
         if not (math.isfinite(self.eta) and self.eta >= 0):
             bad("eta", "a finite number >= 0")
