@@ -51,7 +51,9 @@ def one_line(exc: BaseException) -> str:
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "".join(line + ("" if i == len(lines) - 1 else " " if line.endswith(":") else "; ")
+                   for i, line in enumerate(lines))
 
 
 def env_rank() -> int:
