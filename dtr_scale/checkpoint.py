@@ -46,6 +46,7 @@ from .atomic import atomic_write_text
 from .checkpoint_errors import CheckpointRefused
 from .checkpoint_storage import (check_usable, failure_cause, folder_bytes, needed_bytes, remove_leftovers,
                                  save_failure, warn_if_short)
+from .errors import UserError
 from .checkpoint_meta import LAYOUT, STATE_DIR, check_fingerprint, engine_label, read_meta, verify_checkpoint_files
 from .parallel.process_group import DistEnv, barrier
 from .safe_checkpoint_io import load_trainer_file
@@ -197,7 +198,7 @@ class CheckpointManager:
         verify_checkpoint_files(path, meta["world_size"])
         same_ranks = meta["world_size"] == self.env.world_size
         if not same_ranks and data_mode != "global":
-            raise ValueError(
+            raise UserError(
                 f"{path} was written by {meta['world_size']} ranks, this run has {self.env.world_size}: "
                 f"data.mode={data_mode} keeps a data position per rank, which cannot be split or merged; "
                 "resuming on another world size needs data.mode=global"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from .errors import UserError
+
 LAYOUT = 2  # 1: engine-native files under engine/ (before the canonical DCP state)
 STATE_DIR = "state"
 # The model settings the weights' shapes and meaning depend on (also what export records).
@@ -41,7 +43,7 @@ def read_meta(path: str) -> dict:
     with open(meta_file) as f:
         meta = json.load(f)
     if meta.get("layout") != LAYOUT:
-        raise ValueError(
+        raise UserError(
             f"{path} uses checkpoint layout {meta.get('layout', 1)} (engine-native files under engine/), "
             f"this version reads layout {LAYOUT}; resume or export it with the dtr-scale version that wrote it"
         )
@@ -58,7 +60,7 @@ def check_fingerprint(path: str, saved: dict, current: dict) -> None:
             if a.get(key) != b.get(key):
                 diffs.append(f"{prefix}.{key}: checkpoint {a.get(key)!r}, this run {b.get(key)!r}")
     if diffs:
-        raise ValueError(f"{path} was trained with a different model, routing or objective "
+        raise UserError(f"{path} was trained with a different model, routing or objective "
                          "and cannot be resumed:\n  " + "\n  ".join(diffs))
 
 
@@ -80,7 +82,7 @@ def verify_checkpoint_files(path: str, world_size: int) -> None:
             raise FileNotFoundError(f"checkpoint shard missing: {shard} (the checkpoint is incomplete; "
                                     "resume from an earlier one)")
         if os.path.getsize(shard) < size:
-            raise ValueError(f"checkpoint shard truncated: {shard} has {os.path.getsize(shard)} bytes, "
+            raise UserError(f"checkpoint shard truncated: {shard} has {os.path.getsize(shard)} bytes, "
                              f"its index needs {size} (resume from an earlier checkpoint)")
     check_byte_entries(state_dir, index)
     for rank in range(world_size):

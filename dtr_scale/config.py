@@ -10,6 +10,7 @@ checkpoints, so a run can always be reproduced from its own directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,13 +18,14 @@ from typing import Any, Optional
 
 import yaml
 
+from .errors import UserError
 from .models.attention import ATTENTION_BACKENDS
 from .models.dit import DIT_MODELS
 from .models.routing import RoutingConfig
 from .objective import objective_class, objective_names
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad configuration value; the message names the dotted key."""
 
 
@@ -153,23 +155,49 @@ CHOICES = {
     "eval.extractor": ("pixels", "inception"),
 }
 
-# key -> (predicate, description of the allowed range)
+# key -> (predicate, description of the allowed range). Every predicate is written so that NaN
+# fails it (NaN compares false, so `not (v >= 0)` refuses it where `v < 0` would let it through),
+# and floats must be finite unless said otherwise.
+def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    def ok(v) -> bool:
+        if not math.isfinite(v):
+            return False
+        if lo is not None and not (v > lo if lo_open else v >= lo):
+            return False
+        return hi is None or bool(v < hi if hi_open else v <= hi)
+    return ok
+
+
 RANGES = {
-    "model.checkpointing": (lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
-    "model.class_dropout_prob": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.checkpointing": (_finite(0.0, 1.0), "a fraction in [0, 1]"),
+    "model.class_dropout_prob": (_finite(0.0, 1.0, hi_open=True), "in [0, 1)"),
     "diffusion.steps": (lambda v: v >= 2, ">= 2"),
     "diffusion.ant_clusters": (lambda v: v >= 1, ">= 1"),
+    "diffusion.snr_gamma": (_finite(0.0, lo_open=True), "a finite number > 0"),
+    "diffusion.p2_gamma": (_finite(), "a finite number"),
+    "diffusion.p2_k": (_finite(0.0, lo_open=True), "a finite number > 0"),
+    "diffusion.ant_lr": (_finite(0.0), "a finite number >= 0"),
     "train.global_batch_size": (lambda v: v >= 1, ">= 1"),
     "train.grad_accum": (lambda v: v >= 1, ">= 1"),
     "train.max_steps": (lambda v: v >= 0, ">= 0"),
-    "train.lr": (lambda v: v > 0, "> 0"),
-    "train.ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.lr": (_finite(0.0, lo_open=True), "a finite number > 0"),
+    "train.weight_decay": (_finite(0.0), "a finite number >= 0"),
+    "train.beta1": (_finite(0.0, 1.0, hi_open=True), "in [0, 1)"),
+    "train.beta2": (_finite(0.0, 1.0, hi_open=True), "in [0, 1)"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0 (0 = no warm-up)"),
+    "train.ema_decay": (_finite(0.0, 1.0, hi_open=True), "in [0, 1)"),
+    "train.grad_clip": (_finite(0.0), "a finite number >= 0 (0 = off)"),
     "train.log_every": (lambda v: v >= 1, ">= 1"),
+    "train.max_consecutive_nonfinite": (lambda v: v >= 1, ">= 1"),
     "train.preempt_check_every": (lambda v: v >= 1, ">= 1"),
+    "train.sample_every": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "checkpoint.every": (lambda v: v >= 1, ">= 1"),
     "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
     "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.shuffle_buffer": (lambda v: v >= 0, ">= 0 (0 or 1 = no shuffle buffer)"),
+    "eval.every": (lambda v: v >= 0, ">= 0 (0 = no in-loop evaluation)"),
+    "eval.num_samples": (lambda v: v >= 1, ">= 1"),
+    "eval.cfg_scale": (_finite(0.0), "a finite number >= 0 (1.0 = no guidance)"),
 }
 
 
@@ -255,7 +283,11 @@ def parse_override(text: str, form: str = "key.sub=value") -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like {form}")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(exc)}); "
+                          "quote it, e.g. key='value'") from None
 
 
 def apply_overrides(data: dict, overrides: list[str], form: str = "key.sub=value") -> dict:
@@ -279,9 +311,24 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
                 data = yaml.safe_load(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory; pass the YAML file itself "
+                              "(e.g. configs/digits-tiny.yaml)") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}; fix the file "
+                              "(indent with spaces, quote values holding ':' or '#')") from None
+        except (UnicodeDecodeError, PermissionError) as exc:
+            raise ConfigError(f"config file {path} cannot be read ({exc}); pass a readable YAML text file") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """'line L, column C: PROBLEM' from PyYAML's multi-line message."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def bad_value(key: str, value: Any, allowed: str) -> ConfigError:

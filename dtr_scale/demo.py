@@ -31,6 +31,9 @@ import time
 import numpy as np
 import yaml
 
+from .errors import UserError, run_cli
+from .input_checks import at_least, finite, writable_dir
+
 # A tiny routed DiT that learns the digits in a few minutes on 2 cores: 4 tokens of 4×4 pixels
 # (patch 2 means 16 tokens and about 3× the compute per image), 6 blocks of width 128. With
 # LR 1.5e-3, a 40-step warm-up and EMA 0.99 the loss flattens by ~700 steps and the samples are
@@ -129,22 +132,14 @@ DEMO_ENTRIES = ("data", *VARIANTS, "logs", "demo-config.yaml", "report.json", "r
                 *(f"samples_{name}.png" for name in VARIANTS))
 
 
-def check_args(args) -> None:
-    for name in ("steps", "nproc", "num_samples", "flow_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
-    if args.cfg_scale < 0:
-        raise ValueError(f"--cfg-scale {args.cfg_scale}: must be >= 0")
-
-
 def prepare_output(out: str, fresh: bool) -> str:
     """OUT as the demo's own folder: new or empty (then marked), or marked by an earlier demo
     (then resumed, or with `fresh` emptied of the demo's entries). Anything else is refused."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file, not a directory")
+        raise UserError(f"--out {out} is a file, not a directory")
     marked = os.path.isfile(os.path.join(out, MARKER))
     if os.path.isdir(out) and os.listdir(out) and not marked:
-        raise ValueError(f"--out {out} is not empty and was not written by the demo (no {MARKER} inside); "
+        raise UserError(f"--out {out} is not empty and was not written by the demo (no {MARKER} inside); "
                          "choose a new or empty --out (an earlier version's demo output has no marker: "
                          "delete it yourself)")
     if fresh and marked:
@@ -176,15 +171,24 @@ def main(argv=None) -> int:
     p.add_argument("--objective", default="ddpm", choices=list(DEMO_OBJECTIVES),
                    help="ddpm (DiT/DTR) or flow (SiT transport, Euler ODE sampling)")
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
-    p.add_argument("--fresh", action="store_true",
-                   help="delete what an earlier demo wrote in OUT first (otherwise finished stages resume)")
-    args = p.parse_args(argv)
-    try:
-        check_args(args)
-        out = prepare_output(os.path.abspath(args.out), args.fresh)
-    except ValueError as exc:  # before anything is deleted or written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    p.add_argument("--fresh", action="store_true", help="delete what an earlier demo wrote in OUT first (otherwise finished stages resume)")
+    return run_cli(_demo, p.parse_args(argv))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Option ranges and the output folder, before the first stage (prep) spends any time."""
+    at_least(args.steps, 1, "--steps")
+    at_least(args.nproc, 1, "--nproc")
+    at_least(args.num_samples, 1, "--num-samples")
+    at_least(args.flow_steps, 2, "--flow-steps")
+    finite(args.cfg_scale, "--cfg-scale", 0.0, " (1.0 = no guidance)")
+    writable_dir(args.out, "--out")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    check_args(args)
+
+    out = prepare_output(os.path.abspath(args.out), args.fresh)  # checked first: nothing deleted before
     start = time.perf_counter()
     stage = Stage(out)
     data = os.path.join(out, "data")

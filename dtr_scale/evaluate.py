@@ -20,11 +20,13 @@ import torch
 
 from dtr_scale.evaluation.extractors import build_extractor
 from dtr_scale.atomic import atomic_write_json
+from dtr_scale.errors import remember_process_group, run_cli
+from dtr_scale.input_checks import at_least, existing, writable_file
 from dtr_scale.evaluation.image_sources import open_images
 from dtr_scale.evaluation.inception_score import ADM_SPLIT_SIZE
 from dtr_scale.evaluation.pipeline import compute_metrics, extract, prepare_reference
 from dtr_scale.evaluation.precision_recall import DEFAULT_BLOCK, DEFAULT_K
-from dtr_scale.evaluation.references import default_cache_dir
+from dtr_scale.evaluation.references import default_cache_dir, has_images
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
 
 
@@ -53,10 +55,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-pr", action="store_true", help="skip precision/recall")
     p.add_argument("--seed", type=int, default=None, help="sampling seed, recorded in the report")
     p.add_argument("--device", default=None, help="cpu or cuda (default: this rank's GPU if any)")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.pr_block < 1 or args.is_split_size < 1:
-        p.error("--batch-size, --pr-block and --is-split-size must be positive")
-    return args
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Option ranges and paths, before any extractor is built or a process group starts (and
+    what launch/check_inputs.py runs at submit time)."""
+    for flag, value in (("--batch-size", args.batch_size), ("--pr-block", args.pr_block),
+                        ("--is-split-size", args.is_split_size)):
+        at_least(value, 1, flag)
+    if not args.no_pr:
+        at_least(args.pr_k, 1, "--pr-k", " (the k of the k-NN radii; ADM uses 3), or pass --no-pr")
+    if args.num_samples is not None:
+        at_least(args.num_samples, 1, "--num-samples", " (leave it out to use every sample)")
+    existing(args.samples, "--samples", "samples (.npz of NHWC uint8 images, or a folder of them)")
+    existing(args.ref, "--ref", "reference (ADM .npz, image .npz, image folder or prep output folder)")
+    if args.extractor == "inception" and args.inception_weights:
+        existing(args.inception_weights, "--inception-weights", "Inception weights file")
+    writable_file(args.out, "--out")
+    if args.extractor == "pixels":
+        check_pixel_shapes(args.samples, args.ref)
+
+
+def check_pixel_shapes(samples: str, ref: str) -> None:
+    """Pixel features need one image shape on both sides: read the two headers now rather than
+    fail after extracting every sample."""
+    from dtr_scale.evaluation.pipeline import check_same_images
+    from dtr_scale.evaluation.references import is_latent_shards, read_adm_statistics
+
+    if is_latent_shards(ref) or (read_adm_statistics(ref) is not None and not has_images(ref)):
+        return  # decoded at run time / refused there with its own message
+    check_same_images(open_images(samples).shape[1:], open_images(ref).shape[1:], samples, ref)
 
 
 def _fmt(value, spec=".4f") -> str:
@@ -106,7 +135,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return run_cli(_evaluate, parse_args(argv))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    check_args(args)
+    init_distributed()  # the group `run` uses (idempotent), remembered so a failure reaches every rank
+    remember_process_group()
     try:
         report = run(args)
         rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0

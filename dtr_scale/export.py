@@ -21,18 +21,24 @@ from .atomic import atomic_write, atomic_write_bytes
 from .checkpoint import latest_checkpoint
 from .checkpoint_meta import MODEL_KEYS, STATE_DIR, read_meta, verify_checkpoint_files
 from .config import load_config
+from .errors import UserError, run_cli
+from .input_checks import writable_file
 from .models import DiT, load_pretrained, official_state_dict
 from .models.pretrained import EXPORT_FORMAT
 from .objective import dit_from_config, objective_class
 
 
-def resolve_checkpoint(path: str) -> str:
+def resolve_checkpoint(path: str, flag: str = "--checkpoint") -> str:
     """A run directory (uses its `latest`) or one step directory."""
     if os.path.isfile(os.path.join(path, "meta.json")):
         return path
+    if not os.path.exists(path):
+        raise UserError(f"{flag} {path} does not exist; pass a training run directory (checkpoint.dir) "
+                        "or one of its step_* directories")
     found = latest_checkpoint(path) if os.path.isdir(path) else None
     if not found:
-        raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (no meta.json) nor a run directory with a 'latest' pointer")
+        raise UserError(f"{flag} {path}: neither a checkpoint (no meta.json) nor a run directory with a "
+                        "'latest' pointer; pass checkpoint.dir of a run that has saved, or a step_* directory")
     return found
 
 
@@ -113,16 +119,27 @@ def _masks_match_config(model: DiT) -> bool:
     return torch.equal(rebuilt, model.router.masks.cpu())
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export consolidated EMA weights (official DiT layout) from a checkpoint.")
+def check_args(args: argparse.Namespace) -> str:
+    """The checkpoint (resolved to a step directory) and the output path, before any reading."""
+    ckpt = resolve_checkpoint(args.checkpoint)
+    writable_file(args.out, "--out")
+    return ckpt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dtr_scale.export",
+                                description="Export consolidated EMA weights (official DiT layout) from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="run directory (uses 'latest') or a step_* directory")
     p.add_argument("--out", required=True, help="output path; writes STEM.pt and STEM.safetensors")
-    args = p.parse_args(argv)
-    try:
-        pt, st = export(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return p
+
+
+def main(argv=None) -> int:
+    return run_cli(_export, build_parser().parse_args(argv))
+
+
+def _export(args: argparse.Namespace) -> int:
+    pt, st = export(check_args(args), args.out)
     print(f"exported EMA weights: {pt} and {st}")
     return 0
 

@@ -12,9 +12,14 @@ result is byte-identical to an uninterrupted run. The shard layout is in data_pr
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import sys
 
-from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, ForeignOutputFolder, PrepConfig, run_prep
+from .data.encoders import check_vae_path
+from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, PrepConfig, run_prep
+from .errors import UserError, remember_process_group, run_cli
+from .input_checks import at_least, writable_dir
 from .parallel.process_group import init_distributed, shutdown
 
 
@@ -48,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shards-this-run", type=int, default=None, metavar="K",
                    help="stop each rank after writing K new shards (to split a long job, or to "
                         "test resume); rerun to continue")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="an image that does not decode: raise (stop, naming the file; default) or skip "
+                        "(leave it out, counted in the summary)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out that prep did not create (its files of the "
@@ -55,19 +63,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> PrepConfig:
+    """What can be checked before a process group starts or an image is read: option ranges, the
+    source's location, a VAE path, the output folder. Run on every rank (same answer)."""
+    at_least(args.shard_size, 1, "--shard-size")
+    at_least(args.batch_size, 1, "--batch-size")
+    if args.resolution is not None:
+        at_least(args.resolution, 1, "--resolution")
+    if args.max_shards_this_run is not None:
+        at_least(args.max_shards_this_run, 1, "--max-shards-this-run", " (leave it out for no limit)")
+    if args.num_classes is not None:
+        at_least(args.num_classes, 1, "--num-classes")
+    kind, _, value = args.source.partition(":")
+    if args.source == "digits":
+        if args.num_classes not in (None, 10):
+            raise UserError(f"--num-classes {args.num_classes} disagrees with --source digits, which has 10 "
+                            "classes; leave --num-classes out (it is for tar sources)")
+    elif kind == "imagefolder" and value:
+        if not os.path.isdir(value):
+            raise UserError(f"--source {args.source}: image folder {value} not found (checked from "
+                            f"{os.getcwd()}); expected DIR/<class name>/<images>")
+    elif kind == "tar" and value:
+        if not glob.glob(value):
+            raise UserError(f"--source {args.source}: no file matches {value}")
+    else:
+        raise UserError(f"--source {args.source}: expected digits, imagefolder:DIR or tar:GLOB")
+    if args.vae != "none":
+        check_vae_path(args.vae)  # a VAE given as a path must exist; a hub id is resolved later
+    writable_dir(args.out, "--out")
+    return PrepConfig(source=args.source, vae=args.vae, out=args.out, resolution=args.resolution,
+                      shard_size=args.shard_size, batch_size=args.batch_size,
+                      vae_subfolder=args.vae_subfolder, allow_download=args.allow_download,
+                      num_classes=args.num_classes, max_shards_this_run=args.max_shards_this_run,
+                      progress=not args.no_progress, on_error=args.on_error,
+                      overwrite=args.overwrite)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = PrepConfig(source=args.source, vae=args.vae, out=args.out, resolution=args.resolution,
-                     shard_size=args.shard_size, batch_size=args.batch_size,
-                     vae_subfolder=args.vae_subfolder, allow_download=args.allow_download,
-                     num_classes=args.num_classes, max_shards_this_run=args.max_shards_this_run,
-                     progress=not args.no_progress, overwrite=args.overwrite)
+    return run_cli(_prep, args)
+
+
+def _prep(args: argparse.Namespace) -> int:
+    cfg = check_args(args)
     env = init_distributed()
+    remember_process_group()
     try:
         return run_prep(cfg, env)
-    except ForeignOutputFolder as exc:  # one line, nothing written
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         shutdown()
 

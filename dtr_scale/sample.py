@@ -38,9 +38,12 @@ memory); the other ranks exit without waiting.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from dtr_scale.sampling.options import options_help, parse_options
+from dtr_scale.errors import UserError, remember_process_group, run_cli
+from dtr_scale.input_checks import writable_dir
+from dtr_scale.sampling.options import SampleOptions, options_help, parse_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,16 +59,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> SampleOptions:
+    """The options, the weights path (a file, a run directory or a step_* checkpoint) and the
+    output folder, before the model is loaded or a process group starts."""
+    opts = parse_options(args.options)
+    if not os.path.exists(args.weights):
+        raise UserError(
+            f"--weights {args.weights} does not exist (no weights file or checkpoint directory there): pass "
+            "an exported weights file (.pt or .safetensors from `python -m dtr_scale.export --checkpoint "
+            "RUN_DIR --out W.pt`) or a training run / step_* checkpoint directory")
+    if os.path.isdir(args.weights):
+        from dtr_scale.export import resolve_checkpoint
+
+        resolve_checkpoint(args.weights, flag="--weights")
+    writable_dir(args.out, "--out")
+    return opts
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value may stand before or after options
-    try:
-        opts = parse_options(args.options)
-        from dtr_scale.sampling.run import run_sampling
+    return run_cli(_sample, args)
 
-        run_sampling(args.weights, args.out, opts)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _sample(args: argparse.Namespace) -> int:
+    opts = check_args(args)
+    from dtr_scale.parallel.process_group import init_distributed
+    from dtr_scale.sampling.run import run_sampling
+
+    init_distributed()  # the same group run_sampling uses (idempotent): a failure reaches every rank
+    remember_process_group()
+    run_sampling(args.weights, args.out, opts)
     return 0
 
 

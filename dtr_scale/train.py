@@ -19,12 +19,13 @@ import torch
 
 from . import faults
 from .checkpoint import CheckpointManager, prepare_checkpoint_dir, rng_state, set_rng_state
-from .checkpoint_errors import CheckpointRefused
 from .checkpoint_meta import fingerprint as run_fingerprint
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
+from .errors import UserError, remember_process_group, run_cli
 from .export import data_identity
 from .in_loop import InLoopMonitor
+from .input_checks import writable_dir
 from .metrics import MetricsLogger, StepStats
 from .models import dit_train_flops
 from .objective import Objective, build_objective, dit_from_config
@@ -32,7 +33,7 @@ from .parallel.engine import Engine
 from .parallel.factory import engine_class
 from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
-from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
+from .parallel.process_group import DistEnv, init_distributed, local_device, read_dist_env, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag, exit_now, ignore_preemption_signals
 from .randomness import rank_streams, training_inputs
 
@@ -201,7 +202,7 @@ def check_nonfinite(tr: Trainer, longest_bad_run: int) -> None:
     the limit was reached, but always before a checkpoint (skipped steps change nothing anyway)."""
     t = tr.cfg.train
     if longest_bad_run >= t.max_consecutive_nonfinite:
-        raise RuntimeError(
+        raise UserError(
             f"{longest_bad_run} consecutive non-finite steps (train.max_consecutive_nonfinite="
             f"{t.max_consecutive_nonfinite}); stopping without checkpointing the bad state. Lower "
             f"train.lr, set train.grad_clip, or check the data (data errors so far: {tr.loader.data_errors})"
@@ -273,24 +274,60 @@ def run(cfg: Config, env: DistEnv) -> int:
     return 0
 
 
+def check_inputs(args: argparse.Namespace, world_size: int | None = None) -> Config:
+    """Everything checkable before the model is built or a process group starts: the config
+    (with the batch split when the world size is known), the data (manifest, shard names and
+    files, the first sample), the checkpoint folder and the resume path. Every rank runs it (the
+    answers are the same), so each exits 2 alone; launch/check_inputs.py runs it at submit time."""
+    overrides = config_overrides(args)
+    if not os.path.exists(args.config):
+        raise ConfigError(f"--config {args.config}: config file not found (checked from {os.getcwd()}); "
+                          "pass a YAML file from configs/")
+    cfg = validate(load_config(args.config, overrides), world_size=world_size)
+    if world_size and world_size > 1 and cfg.parallel.engine == "single":
+        raise ConfigError(f"parallel.engine=single cannot run {world_size} processes; "
+                          "set parallel.engine=ddp, fsdp or deepspeed")
+    manifest = check_data_path(cfg.data.path)
+    check_model_fits_data(cfg, manifest)
+    writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    e = cfg.eval
+    if e.every and e.ref and not os.path.exists(e.ref):
+        raise ConfigError(f"eval.ref={e.ref}: reference not found; pass an ADM .npz, image .npz or folder, "
+                          "or leave eval.ref unset to use the training shards")
+    resume = cfg.checkpoint.resume
+    if resume not in ("auto", "none") and not os.path.isdir(resume):
+        raise ConfigError(f"checkpoint.resume={resume}: not a checkpoint directory "
+                          "(use auto, none or a run's step_* directory)")
+    return cfg
+
+
+def check_model_fits_data(cfg: Config, manifest) -> None:
+    """The model's input size / channels / classes, where given, against the data's manifest."""
+    m, (channels, height, _width) = cfg.model, manifest.latent_shape
+    for key, mine, data in (("model.in_channels", m.in_channels, channels), ("model.input_size", m.input_size, height)):
+        if mine is not None and mine != data:
+            raise ConfigError(f"{key}={mine} does not match the data's latent shape {list(manifest.latent_shape)} "
+                              f"(from {cfg.data.path}/dataset.json); leave it unset to take it from the data")
+    if m.num_classes is not None and m.num_classes < manifest.num_classes:
+        raise ConfigError(f"model.num_classes={m.num_classes}: the data has {manifest.num_classes} classes "
+                          f"(from {cfg.data.path}/dataset.json); leave it unset to take it from the data")
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, config_overrides(args))
-        check_data_path(cfg.data.path)  # before any process group, so a typo fails fast
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    checked: list[Config] = []
+    code = run_cli(lambda: checked.append(check_inputs(args, read_dist_env().world_size)) or 0)
+    if code:
+        return code
     env = init_distributed()
+    remember_process_group()
     try:
-        code = run(cfg, env)
+        # A user error after start-up (bad data met at step N, a refused checkpoint, a non-finite
+        # run): one line from rank 0 and exit 2 on every rank; run_cli does not return from that
+        # inside a group.
+        code = run_cli(run, checked[0], env)
         ignore_preemption_signals()  # checkpointed: a late signal must not change the exit code
-    except CheckpointRefused as exc:  # one line that names the file and the way on; no traceback
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        if env.distributed:  # peers may wait in a collective that will never complete
-            os._exit(2)
-        return 2
     except BaseException:
         log.exception("rank %d failed", env.rank)
         # Exit hard: a clean destroy_process_group could wait on peers that will never arrive.

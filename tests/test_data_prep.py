@@ -4,6 +4,7 @@ Shards are read back here with the standard library's tarfile, independently of 
 """
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -143,13 +144,14 @@ def test_tiny_vae_imagefolder_end_to_end(tmp_path):
         assert int(fields["cls"]) == cls and "." not in key
 
 
-def test_missing_vae_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*save_pretrained"):
-        prep_main(["--source", "digits", "--vae", str(tmp_path / "no_vae_here"),
-                   "--out", str(tmp_path / "o"), "--no-progress"])
-    with pytest.raises(FileNotFoundError, match="not available locally.*--allow-download"):
-        prep_main(["--source", "digits", "--vae", "nobody-xyz/no-such-vae",
-                   "--out", str(tmp_path / "o2"), "--no-progress"])
+def test_missing_vae_is_a_clear_error(tmp_path, capsys):
+    # One line and exit 2 (see test_bad_input.py for the error path itself).
+    assert prep_main(["--source", "digits", "--vae", str(tmp_path / "no_vae_here"),
+                      "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert re.search("does not exist.*save_pretrained", capsys.readouterr().err)
+    assert prep_main(["--source", "digits", "--vae", "nobody-xyz/no-such-vae",
+                      "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert re.search("not available locally.*--allow-download", capsys.readouterr().err)
 
 
 def test_tar_source_one_shard_per_input_tar(tmp_path):
@@ -191,11 +193,11 @@ def test_interrupted_prep_resumes_byte_identical(tmp_path):
     assert (crashed / "dataset.json").read_bytes() == before
 
 
-def test_resume_with_different_arguments_is_refused(tmp_path):
+def test_resume_with_different_arguments_is_refused(tmp_path, capsys):
     out = tmp_path / "o"
     prep_main(["--source", "digits", "--vae", "none", "--out", str(out), "--max-shards-this-run", "1",
                "--no-progress"])
-    with pytest.raises(ValueError, match="different prep run.*resolution"):
-        prep_main(["--source", "digits", "--vae", "none", "--out", str(out), "--resolution", "8",
-                   "--no-progress"])
+    assert prep_main(["--source", "digits", "--vae", "none", "--out", str(out), "--resolution", "8",
+                      "--no-progress"]) == 2
+    assert re.search("different prep run.*resolution", capsys.readouterr().err)
     assert json.loads((out / "_progress" / "prep.json").read_text())["resolution"] == 16

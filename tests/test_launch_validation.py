@@ -43,7 +43,7 @@ def test_bad_override_and_bad_engine_fail_before_sbatch(digits_shards, tmp_path)
 def test_sample_and_evaluate_inputs_checked(tmp_path):
     code, out, seen = submit(tmp_path, "launch/slurm/sample.sbatch", "--weights", str(tmp_path / "ema.pt"),
                              "--out", str(tmp_path / "samples"))
-    assert code == 2 and "weights file not found" in out and seen == []
+    assert code == 2 and "does not exist (no weights file or checkpoint directory there)" in out and seen == []
     code, out, seen = submit(tmp_path, "launch/slurm/evaluate.sbatch", "--samples", str(tmp_path / "s.npz"),
                              "--ref", str(tmp_path / "r.npz"), "--extractor", "pixels", "--out", str(tmp_path / "r.json"))
     assert code == 2 and "--samples" in out and "not found" in out and seen == []

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
 from ..parallel.process_group import DistEnv, barrier, local_device
 from .encoders import PixelEncoder, VaeEncoder
 from .prep_sources import ImageSource, InputShard, open_source
@@ -44,9 +45,10 @@ class PrepConfig:
     max_shards_this_run: int | None = None
     progress: bool = True
     overwrite: bool = False  # write into a non-empty folder that prep did not create
+    on_error: str = "raise"  # an unreadable image: raise (stop, naming it) | skip (leave it out, counted)
 
 
-class ForeignOutputFolder(ValueError):
+class ForeignOutputFolder(UserError):
     """--out holds files that no prep run wrote (no `_progress/prep.json`, prep's marker)."""
 
 
@@ -104,7 +106,7 @@ def _check_identity(out: Path, identity: dict, env: DistEnv) -> None:
     if existing is not None and existing != identity:
         diff = {k: (existing.get(k), identity.get(k)) for k in set(existing) | set(identity)
                 if existing.get(k) != identity.get(k)}
-        raise ValueError(f"{out} holds shards from a different prep run (differs in {diff} as "
+        raise UserError(f"{out} holds shards from a different prep run (differs in {diff} as "
                          "(existing, now)); use a new --out directory or the same arguments to resume")
     if env.is_main and existing is None:
         write_prep_identity(out, identity)
@@ -124,8 +126,8 @@ def _manifest_doc(cfg, source, encoder, resolution, records) -> dict:
     if num_classes is None:
         num_classes = max_class + 1
     if max_class >= num_classes:
-        raise ValueError(f"the data has class {max_class} but num_classes is {num_classes}; "
-                         "pass --num-classes large enough")
+        raise UserError(f"--num-classes {num_classes}: the data has class {max_class}; pass "
+                        f"--num-classes {max_class + 1} or more (or leave it out: largest label + 1)")
     return {
         "format": FORMAT_NAME, "version": FORMAT_VERSION,
         "field": encoder.field,
@@ -137,13 +139,25 @@ def _manifest_doc(cfg, source, encoder, resolution, records) -> dict:
     }
 
 
+def check_num_classes(cfg: PrepConfig, source: ImageSource) -> None:
+    """--num-classes must agree with a source that knows its classes (digits, class folders)."""
+    if cfg.num_classes is None:
+        return
+    if not (cfg.num_classes >= 1):
+        raise UserError(f"--num-classes: got {cfg.num_classes}; must be >= 1")
+    if source.num_classes is not None and cfg.num_classes != source.num_classes:
+        raise UserError(f"--num-classes {cfg.num_classes} disagrees with --source {cfg.source}, which has "
+                        f"{source.num_classes} classes; leave --num-classes out (it is for tar sources)")
+
+
 def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
     """Encode this rank's shards; rank 0 then writes the manifest. Returns a process exit code."""
     out = Path(cfg.out)
     check_output_folder(out, cfg.overwrite)  # on every rank before any writes: same answer everywhere
     barrier()
     out.mkdir(parents=True, exist_ok=True)
-    source = open_source(cfg.source, cfg.shard_size)
+    source = open_source(cfg.source, cfg.shard_size, cfg.on_error)
+    check_num_classes(cfg, source)
     resolution = cfg.resolution or (DIGITS_RESOLUTION if cfg.source == "digits" else IMAGE_RESOLUTION)
     encoder, mode = _make_encoder(cfg, source, env)
     identity = {"source": source.description, "vae": encoder.identity, "resolution": resolution,
@@ -173,7 +187,8 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
-    tot_samples, tot_shards, stopped = _sum_across_ranks([samples, written, float(stopped_early)], env)
+    tot_samples, tot_shards, stopped, skipped = _sum_across_ranks(
+        [samples, written, float(stopped_early), len(source.skipped)], env)
     barrier()
 
     if not env.is_main:
@@ -183,7 +198,7 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
     summary = {"samples_encoded": int(tot_samples), "shards_written": int(tot_shards),
                "shards_total": len(source.shards), "seconds": round(seconds, 2),
                "img_per_s": round(tot_samples / seconds, 1) if seconds > 0 else 0.0,
-               "world_size": env.world_size}
+               "world_size": env.world_size, "skipped_unreadable_images": int(skipped)}
     if missing:
         print(f"prep: {len(missing)} of {len(source.shards)} shards not finished yet "
               f"(stopped by --max-shards-this-run); rerun the same command to resume. "

@@ -38,13 +38,9 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
-def load_vae(name: str, *, subfolder: str | None = None, allow_download: bool = False):
-    """Load a diffusers AutoencoderKL from a local directory or a hub id, never hanging offline.
-
-    Without `allow_download` only local files are used (a directory, or the local Hugging Face
-    cache for a hub id), so an offline cluster node fails at once with a message instead of
-    waiting on network timeouts.
-    """
+def check_vae_path(name: str) -> str:
+    """`name` expanded; a name that looks like a path must be an existing directory (checked
+    before any process group starts, and again when the VAE loads)."""
     path = os.path.expanduser(name)
     if _looks_like_path(name) and not os.path.isdir(path):
         raise FileNotFoundError(
@@ -52,6 +48,17 @@ def load_vae(name: str, *, subfolder: str | None = None, allow_download: bool = 
             "diffusion_pytorch_model.safetensors (as written by AutoencoderKL.save_pretrained, e.g. "
             "`huggingface-cli download stabilityai/sd-vae-ft-ema --local-dir DIR` on a machine with "
             "network), or --vae none for pixel mode.")
+    return path
+
+
+def load_vae(name: str, *, subfolder: str | None = None, allow_download: bool = False):
+    """Load a diffusers AutoencoderKL from a local directory or a hub id, never hanging offline.
+
+    Without `allow_download` only local files are used (a directory, or the local Hugging Face
+    cache for a hub id), so an offline cluster node fails at once with a message instead of
+    waiting on network timeouts.
+    """
+    path = check_vae_path(name)
     if not allow_download:
         # Read by huggingface_hub at import time; a no-op if diffusers was imported already,
         # in which case local_files_only below still keeps us off the network.

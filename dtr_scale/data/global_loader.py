@@ -31,7 +31,7 @@ from ..randomness import LOAD_TAG, position_generator
 from .global_order import EpochOrder, micro_batch_positions
 from .loader import ManifestFacts
 from .manifest import check_data_path, verify_shards
-from .shard_format import check_sample, decode_array, decode_class, stored_shape
+from .shard_format import DataError, check_finite, check_sample, decode_array, decode_class, stored_shape
 from .tar_index import CLS_OFFSET, CLS_SIZE, DATA_OFFSET, DATA_SIZE, SHARD, TarIndex, build_index
 
 STATE_VERSION = 1
@@ -71,8 +71,9 @@ class _MicroBatches(Dataset):
         span = os.pread(self._fds[shard], hi - lo, lo)
         data = span[row[DATA_OFFSET] - lo:row[DATA_OFFSET] - lo + row[DATA_SIZE]]
         cls = span[row[CLS_OFFSET] - lo:row[CLS_OFFSET] - lo + row[CLS_SIZE]]
-        check_sample({"__key__": self.index.keys[sample], "__url__": self.index.paths[shard],
-                      self.field: data, "cls": cls}, self.field, self.shape, self.num_classes)
+        raw = {"__key__": self.index.keys[sample], "__url__": self.index.paths[shard], self.field: data, "cls": cls}
+        check_sample(raw, self.field, self.shape, self.num_classes)
+        check_finite(raw, self.field)
         return data, cls
 
     def _latent(self, data: bytes, position: int) -> np.ndarray:
@@ -88,7 +89,12 @@ class _MicroBatches(Dataset):
         samples = self.order.samples(positions)
         latents, labels = [], []
         for p, s in zip(positions.tolist(), samples.tolist()):
-            data, cls = self._read(s)
+            try:
+                data, cls = self._read(s)
+            except DataError as exc:
+                raise DataError(f"{exc} (global position {p}, step {k // self.grad_accum}; data.mode=global "
+                                "stops on bad data, since leaving a sample out would change every later "
+                                "batch)") from None
             latents.append(self._latent(data, p))
             labels.append(decode_class(cls))
         return GlobalBatch(torch.from_numpy(np.stack(latents)), torch.tensor(labels, dtype=torch.long),

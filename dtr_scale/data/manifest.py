@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..atomic import atomic_write_bytes
 from ..file_hash import file_sha256
+from ..errors import UserError
 
 log = logging.getLogger("dtr_scale.data")
 
@@ -87,15 +89,21 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             f"no {MANIFEST_NAME} at {file}. It is written last by `python -m dtr_scale.prep`; "
             "if prep was interrupted, rerun the same prep command to finish (it resumes)."
         ) from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file} is not valid JSON ({exc}); rerun prep to rewrite it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file} is not valid JSON ({exc}); rerun prep to rewrite it") from None
+    except OSError as exc:
+        raise UserError(f"{file} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{file} holds a JSON {type(doc).__name__}, not a dtr-scale latent manifest; "
+                        "rerun prep to rewrite it")
     if doc.get("format") != FORMAT_NAME:
-        raise ValueError(f"{file} is not a dtr-scale latent manifest (format={doc.get('format')!r})")
+        raise UserError(f"{file} is not a dtr-scale latent manifest (format={doc.get('format')!r}); "
+                        "point data.path at a folder written by `python -m dtr_scale.prep`")
     if doc.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{file} has manifest version {doc.get('version')}, this code reads "
-                         f"{FORMAT_VERSION}; re-run prep with this version of dtr-scale")
+        raise UserError(f"{file} has manifest version {doc.get('version')}, this code reads "
+                        f"{FORMAT_VERSION}; re-run prep with this version of dtr-scale")
     try:
-        return Manifest(
+        manifest = Manifest(
             root=file.parent,
             field=doc["field"],
             latent_shape=tuple(int(v) for v in doc["latent_shape"]),
@@ -109,7 +117,36 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             source=str(doc.get("source", "")),
         )
     except KeyError as exc:
-        raise ValueError(f"{file} lacks the key {exc}; rerun prep to rewrite it") from None
+        raise UserError(f"{file} lacks the key {exc}; rerun prep to rewrite it") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type
+        raise UserError(f"{file} has a malformed value ({type(exc).__name__}: {exc}); rerun prep to "
+                        "rewrite it") from None
+    _check_manifest_values(manifest, file)
+    return manifest
+
+
+def _check_manifest_values(m: Manifest, file: Path) -> None:
+    """Values a hand-edited or foreign manifest can get wrong, refused before any shard is read."""
+    if len(m.latent_shape) != 3 or min(m.latent_shape) < 1:
+        raise UserError(f"{file}: latent_shape {list(m.latent_shape)} is not [C, H, W] with positive "
+                        "sizes; rerun prep to rewrite it")
+    if m.num_classes < 1:
+        raise UserError(f"{file}: num_classes is {m.num_classes}; it must be >= 1 (rerun prep)")
+    if not (math.isfinite(m.scale_factor) and m.scale_factor > 0 and math.isfinite(m.shift_factor)):
+        raise UserError(f"{file}: scale_factor {m.scale_factor} / shift_factor {m.shift_factor} must be "
+                        "finite with scale_factor > 0 (0.18215 for SD-VAE, 1.0 in pixel mode)")
+    for s in m.shards:
+        # A shard name is a file beside the manifest: '../x' or an absolute path would make the
+        # loader read (and sha256-check against) files outside the data folder.
+        name = PurePosixPath(s.name)
+        if (not s.name or name.is_absolute() or Path(s.name).is_absolute() or ".." in name.parts
+                or "\\" in s.name or len(name.parts) != 1):
+            raise UserError(f"{file}: shard name {s.name!r} points outside {m.root}; shard names must be "
+                            "plain file names in the data folder (as prep writes them): fix dataset.json "
+                            "or rerun prep")
+        if s.count < 0 or s.bytes < 0:
+            raise UserError(f"{file}: shard {s.name} has count {s.count} / bytes {s.bytes}; both must be "
+                            ">= 0 (rerun prep)")
 
 
 def check_data_path(path) -> Manifest:
@@ -121,7 +158,7 @@ def check_data_path(path) -> Manifest:
     stopping a long run.
     """
     if path is None or str(path).strip() == "":
-        raise ValueError("data.path is empty: set it to a directory written by "
+        raise UserError("data.path is empty: set it to a directory written by "
                          "`python -m dtr_scale.prep --out DIR` (e.g. data.path=DIR)")
     p = Path(path)
     if not p.exists():
@@ -132,12 +169,54 @@ def check_data_path(path) -> Manifest:
                                 f"`python -m dtr_scale.prep --source ... --out {p}`")
     manifest = read_manifest(p)
     if not manifest.shards or manifest.num_samples == 0:
-        raise ValueError(f"{_manifest_file(p)} lists no samples; rerun prep on a non-empty source")
+        raise UserError(f"{_manifest_file(p)} lists no samples; rerun prep on a non-empty source")
     missing = [s.name for s in manifest.shards if not (manifest.root / s.name).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) listed in {_manifest_file(p)} are missing "
                                 f"from {manifest.root}: {missing[:5]}; copy them or rerun prep")
+    check_first_sample(manifest)
     return manifest
+
+
+def check_first_sample(manifest: Manifest) -> None:
+    """Read the first sample of the first non-empty shard and check it against the manifest
+    (field, array shape, class range). One small read: it catches a dataset.json that describes
+    other shards (edited, or copied from another prep run) before any process group starts,
+    instead of every sample being skipped as bad later."""
+    import tarfile
+
+    from .shard_format import DataError, check_sample, stored_shape
+
+    shard = next((s for s in manifest.shards if s.count > 0), None)
+    if shard is None:
+        return
+    path = manifest.shard_path(shard)
+    fields: dict = {}
+    key = None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, _, name = os.path.basename(member.name).partition(".")
+                if key is not None and k != key:
+                    break
+                key = k
+                fields[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"shard {path} cannot be read as a tar ({exc}); re-copy it or rerun prep") from None
+    if key is None:
+        raise DataError(f"shard {path} holds no samples but {_manifest_file(manifest.root)} lists "
+                        f"{shard.count}; re-copy it or rerun prep")
+    sample = {"__key__": key, "__url__": path, **fields}
+    try:
+        check_sample(sample, manifest.field, stored_shape(manifest.field, manifest.latent_shape),
+                     manifest.num_classes)
+    except DataError as exc:
+        raise DataError(f"{exc}: {manifest.root / MANIFEST_NAME} does not describe these shards "
+                        f"(field {manifest.field}, latent_shape {list(manifest.latent_shape)}, "
+                        f"num_classes {manifest.num_classes}); rerun prep, or point data.path at the "
+                        "folder this manifest was written for") from None
 
 
 def shard_problem(manifest: Manifest, shard: ShardInfo, verify_sha256: bool) -> str | None:
@@ -168,7 +247,7 @@ def verify_shards(manifest: Manifest, on_error: str = "skip", verify_sha256: boo
     from .shard_format import DataError  # shard_format is the home of the data errors
 
     if on_error not in ("skip", "raise"):
-        raise ValueError(f"data.on_error: got {on_error!r}, allowed: 'skip', 'raise'")
+        raise UserError(f"data.on_error: got {on_error!r}, allowed: 'skip', 'raise'")
     good, bad = [], []
     for shard in manifest.shards:
         problem = shard_problem(manifest, shard, verify_sha256)

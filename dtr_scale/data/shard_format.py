@@ -29,13 +29,15 @@ from typing import Mapping
 
 import numpy as np
 
+from ..errors import UserError
+
 MOMENTS_FIELD = "moments.npy"
 LATENT_FIELD = "latent.npy"
 CLASS_FIELD = "cls"
 STORED_DTYPE = np.dtype("<f2")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A bad shard or sample; the message names the shard and the key."""
 
 
@@ -112,6 +114,24 @@ def check_sample(sample: Mapping, field: str, expected_shape: tuple[int, ...], n
         raise DataError(f"{where}: cls {sample[CLASS_FIELD][:20]!r} is not an integer") from None
     if not 0 <= cls < num_classes:
         raise DataError(f"{where}: class {cls} is outside [0, {num_classes})")
+
+
+def count_mismatch(shard: str, seen: int, listed: int) -> DataError:
+    """A shard whose sample count is not the one dataset.json lists (every data mode checks it)."""
+    return DataError(f"shard {shard} holds {seen} samples, dataset.json says {listed}: the manifest and the "
+                     "shards come from different prep runs (or the shard was rewritten); rerun prep")
+
+
+def check_finite(sample: Mapping, field: str) -> None:
+    """Refuse a sample whose latents or moments hold NaN or inf: trained on, it would turn every
+    weight non-finite (or, caught by the skip logic, silently stall the run). A view of the bytes
+    is checked, nothing is copied; call it after `check_sample`."""
+    array = decode_array(sample[field])
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise DataError(f"sample {sample.get('__key__')!r} in shard {sample.get('__url__')}: {field} holds "
+                        f"{bad} non-finite value(s) (NaN/inf) of {array.size}; the encoder produced bad "
+                        "latents: re-encode this shard with prep (check the VAE and its precision)")
 
 
 def decode_array(data: bytes) -> np.ndarray:

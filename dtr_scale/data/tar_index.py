@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .manifest import Manifest
-from .shard_format import CLASS_FIELD, DataError
+from .shard_format import CLASS_FIELD, DataError, count_mismatch
 
 # Columns of `TarIndex.table`.
 SHARD, DATA_OFFSET, DATA_SIZE, CLS_OFFSET, CLS_SIZE = range(5)
@@ -138,8 +138,7 @@ def build_index(manifest: Manifest) -> TarIndex:
         path = manifest.shard_path(shard)
         samples = index_shard(path, manifest.field)
         if len(samples) != shard.count:
-            raise DataError(f"shard {path} holds {len(samples)} samples, the manifest says {shard.count}; "
-                            "rerun prep")
+            raise count_mismatch(path, len(samples), shard.count)
         paths.append(path)
         for key, *numbers in samples:
             keys.append(key)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .shard_format import DataError, check_sample, decode_array, decode_class, stored_shape
+from .shard_format import DataError, check_finite, check_sample, count_mismatch, decode_array, decode_class, stored_shape
 
 log = logging.getLogger("dtr_scale.data")
 
@@ -95,28 +95,52 @@ class _ErrorPolicy:
     """webdataset exception handler that skips-and-counts or raises with the shard named."""
 
     def __init__(self, on_error: str):
-        self.on_error, self.count = on_error, 0
+        self.on_error, self.count, self.last = on_error, 0, None
 
     def __call__(self, exn: Exception) -> bool:
         if self.on_error == "raise":
             if isinstance(exn, DataError):
-                raise exn
+                raise DataError(f"{exn} (data.on_error=raise; data.on_error=skip leaves bad samples out, "
+                                "counted in data_errors)") from None
             raise DataError(f"bad shard data: {exn!r}") from exn
         self.count += 1
+        self.last = str(exn)
         log.warning("skipping bad data (%d so far in this worker): %s", self.count, exn)
         return True
 
 
+def _count_problem(url: str, seen: int, expected: dict) -> DataError | None:
+    want = expected.get(url)
+    return None if want is None or seen == want else count_mismatch(url, seen, want)
+
+
 def _validate(src, spec: StreamSpec, policy: _ErrorPolicy):
+    """Every raw sample: header, class range and finite values checked, bad ones skipped and
+    counted (or raised); and each shard's sample count against dataset.json once the shard has
+    been read through (a new read starts when the URL changes or its first key comes again:
+    resampled rounds may draw one shard twice in a row)."""
     shape = stored_shape(spec.field, spec.latent_shape)
+    expected = dict(zip(spec.paths, spec.counts))
+    url, first_key, seen = None, None, 0
     for sample in src:
+        u, key = sample.get("__url__"), sample.get("__key__")
+        if u != url or key == first_key:
+            problem = _count_problem(url, seen, expected) if url is not None else None
+            if problem is not None and not policy(problem):
+                return
+            url, first_key, seen = u, key, 0
+        seen += 1
         try:
             check_sample(sample, spec.field, shape, spec.num_classes)
+            check_finite(sample, spec.field)
         except DataError as exc:
             if policy(exc):
                 continue
             return
         yield sample
+    problem = _count_problem(url, seen, expected) if url is not None else None
+    if problem is not None:
+        policy(problem)
 
 
 def _segment_shards(spec: StreamSpec, worker: int, segment: int) -> tuple[list[str], list]:
@@ -199,7 +223,9 @@ def worker_items(spec: StreamSpec, worker: int, start: WorkerStart) -> Iterator[
                    "errors_before": before, "errors_in": policy.count, "end": False}
         empty_rounds = 0 if produced or skip else empty_rounds + 1
         if empty_rounds >= 20:
-            raise DataError(f"worker {worker} of rank {spec.rank} found no valid batch in 20 "
-                            f"resampled rounds ({before + policy.count} bad shards/samples); "
-                            "check the data with verify_sha256=True")
+            # Name what was wrong: a sha256 check would not help when every sample is well-formed
+            # but does not fit the manifest (another shape, classes beyond num_classes).
+            raise DataError(f"worker {worker} of rank {spec.rank} found no valid batch in 20 resampled "
+                            f"rounds ({before + policy.count} bad shards/samples); the last: "
+                            f"{policy.last or 'none (the shards hold fewer samples than one batch)'}")
         segment, skip, before = segment + 1, 0, before + policy.count

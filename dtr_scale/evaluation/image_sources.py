@@ -16,6 +16,8 @@ import zipfile
 
 import numpy as np
 
+from ..errors import UserError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header (30 bytes)
 
@@ -25,7 +27,7 @@ def _normalise_shape(shape: tuple, where: str) -> tuple:
         return (*shape, 1)
     if len(shape) == 4 and shape[3] in (1, 3):
         return tuple(shape)
-    raise ValueError(
+    raise UserError(
         f"{where}: expected uint8 images shaped (N, H, W, 3), (N, H, W, 1) or (N, H, W) "
         f"(NHWC, as the ADM evaluator reads them), got shape {tuple(shape)}; "
         "transpose NCHW arrays with arr.transpose(0, 2, 3, 1)"
@@ -37,11 +39,14 @@ class NpzImages:
 
     def __init__(self, path: str, key: str = "arr_0"):
         self.path, self.key = path, key
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is not an .npz archive (np.savez writes one); save the images with "
+                            "np.savez(path, images) with images NHWC uint8")
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if f"{key}.npy" not in names:
                 members = ", ".join(n[:-4] for n in names if n.endswith(".npy"))
-                raise KeyError(
+                raise UserError(
                     f"{path} has no '{key}' array (it holds: {members or 'nothing'}); "
                     "image batches must store NHWC uint8 images under 'arr_0' (np.savez(path, images))"
                 )
@@ -50,12 +55,12 @@ class NpzImages:
                 shape, fortran, dtype = self._read_header(f)
                 self._member_header_len = f.tell()
         if dtype != np.uint8:
-            raise ValueError(
+            raise UserError(
                 f"{path}:{key} has dtype {dtype}; the evaluator expects uint8 pixels in [0, 255] "
                 "(convert with np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for [0, 1] floats)"
             )
         if fortran:
-            raise ValueError(f"{path}:{key} is Fortran-ordered; save it with np.ascontiguousarray")
+            raise UserError(f"{path}:{key} is Fortran-ordered; save it with np.ascontiguousarray")
         self.raw_shape = tuple(shape)
         self.shape = _normalise_shape(self.raw_shape, f"{path}:{key}")
         self._row_bytes = int(np.prod(self.raw_shape[1:]))
@@ -73,7 +78,7 @@ class NpzImages:
             return np.lib.format.read_array_header_1_0(f)
         if version in ((2, 0), (3, 0)):
             return np.lib.format.read_array_header_2_0(f)
-        raise ValueError(f"unsupported .npy format version {version}")
+        raise UserError(f"unsupported .npy format version {version}")
 
     def _stored_data_offset(self, info: zipfile.ZipInfo) -> int:
         # The central directory's extra-field length may differ from the local header's, so the
@@ -96,7 +101,7 @@ class NpzImages:
         want = (stop - start) * self._row_bytes
         buf = self._stream.read(want)
         if len(buf) != want:
-            raise ValueError(f"{self.path}:{self.key} is truncated (rows {start}..{stop} missing)")
+            raise UserError(f"{self.path}:{self.key} is truncated (rows {start}..{stop} missing)")
         self._stream_row = stop
         return buf
 
@@ -124,10 +129,10 @@ class ConcatImages:
 
     def __init__(self, parts: list, where: str):
         if not parts:
-            raise ValueError(f"{where}: no images found")
+            raise UserError(f"{where}: no images found")
         shapes = {p.shape[1:] for p in parts}
         if len(shapes) != 1:
-            raise ValueError(f"{where}: the files hold images of different shapes {sorted(shapes)}")
+            raise UserError(f"{where}: the files hold images of different shapes {sorted(shapes)}")
         self.parts = parts
         self.offsets = np.cumsum([0] + [len(p) for p in parts])
         self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
@@ -172,7 +177,7 @@ class FolderImages:
         for i in range(out.shape[0]):
             img = self._load(self.files[start + i])
             if img.shape != out.shape[1:]:
-                raise ValueError(
+                raise UserError(
                     f"{self.files[start + i]} is {img.shape}, but {self.files[0]} is {out.shape[1:]}; "
                     f"all images in {self.where} must have the same size"
                 )
@@ -192,14 +197,14 @@ def open_images(path: str):
     """A reader for an .npz file (`arr_0`), a folder of .npz files, or a folder of PNG/JPG."""
     if os.path.isfile(path):
         if not path.endswith(".npz"):
-            raise ValueError(f"{path}: expected an .npz file (arr_0 = NHWC uint8) or a folder")
+            raise UserError(f"{path}: expected an .npz file (arr_0 = NHWC uint8) or a folder")
         return NpzImages(path)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} does not exist (expected an .npz file or a folder of images)")
+        raise UserError(f"{path} does not exist (expected an .npz file or a folder of images)")
     npz_files = sorted(glob.glob(os.path.join(path, "*.npz")))
     if npz_files:
         return ConcatImages([NpzImages(p) for p in npz_files], path)
     files = list_image_files(path)
     if not files:
-        raise ValueError(f"{path} holds no .npz files and no {'/'.join(IMAGE_EXTENSIONS)} images")
+        raise UserError(f"{path} holds no .npz files and no {'/'.join(IMAGE_EXTENSIONS)} images")
     return FolderImages(files, path)

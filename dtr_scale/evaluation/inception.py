@@ -28,6 +28,7 @@ import os
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..file_hash import file_sha256
 
 TORCH_FIDELITY_WEIGHTS_URL = (
@@ -42,7 +43,7 @@ SPATIAL_MODULE = "Mixed_6d.branch1x1"  # = TF mixed_6/conv
 SPATIAL_CHANNELS = 7
 
 
-class InceptionWeightsError(RuntimeError):
+class InceptionWeightsError(UserError, RuntimeError):
     """The Inception weights file is missing or is not the expected file."""
 
 

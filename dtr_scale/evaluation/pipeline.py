@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .collectives import all_gather_rows, broadcast_object, rank_slice, world
 from .frechet import frechet_distance
 from .inception_score import ADM_SPLIT_SIZE, InceptionScoreAccumulator
@@ -50,7 +51,7 @@ def extract(images, extractor, batch_size: int = 64, *, moments: bool = True, fe
     rank, world_size = world()
     n = len(images) if limit is None else min(limit, len(images))
     if n == 0:
-        raise ValueError(f"{desc}: no images to evaluate")
+        raise UserError(f"{desc}: no images to evaluate")
     start, stop = rank_slice(n, rank, world_size)
     dims = extractor.dims(images.shape[1:])
     dev = extractor.device
@@ -93,7 +94,7 @@ def prepare_reference(path: str, extractor, batch_size: int = 64, cache_dir: str
                       want_features: bool = True) -> ReferenceSet:
     """Statistics (and P/R features) of the reference at `path`, from the cache when possible."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"reference {path} does not exist (expected an ADM reference batch .npz, "
+        raise UserError(f"reference {path} does not exist (expected an ADM reference batch .npz, "
                                 "an .npz of images, a folder of images or a prep output folder)")
     rank, _ = world()
     cache_path = None
@@ -121,7 +122,7 @@ def prepare_reference(path: str, extractor, batch_size: int = 64, cache_dir: str
     need_images = (not use_adm) or want_features
     if need_images and not has_images(path):
         if not use_adm:
-            raise ValueError(f"{path} holds neither ADM statistics (mu, sigma) nor images (arr_0)")
+            raise UserError(_no_usable_reference(path, adm, extractor.name))
         ref.info["note"] = "no arr_0 images in the reference: precision/recall not computed"
         need_images = False
     if need_images:
@@ -138,6 +139,27 @@ def prepare_reference(path: str, extractor, batch_size: int = 64, cache_dir: str
         save_reference_cache(cache_path, ref)
     ref.info = {**ref.info, "cache": cache_path, "cache_hit": False}
     return ref
+
+
+def _no_usable_reference(path: str, adm: dict | None, extractor_name: str) -> str:
+    """Why a reference without images cannot be used, with the fix that applies."""
+    if adm is None:
+        return (f"--ref {path} holds neither ADM statistics (mu, sigma) nor images (arr_0); pass an ADM "
+                "reference batch, an .npz with NHWC uint8 images under arr_0, an image folder or a prep output folder")
+    if adm["mu"].shape != (2048,):
+        return (f"--ref {path} holds statistics of {adm['mu'].shape[0]}-dim features, not Inception's 2048, "
+                "and no images (arr_0): pass the images it was computed from")
+    return (f"--ref {path} holds only Inception statistics (mu, sigma) and no images (arr_0), and "
+            f"--extractor {'pixels' if extractor_name == 'pixels' else extractor_name} cannot use Inception "
+            "statistics: pass --extractor inception, or a reference with images (arr_0, a folder, prep output)")
+
+
+def check_same_images(samples_shape: tuple, ref_shape: tuple, samples_path: str, ref_path: str) -> None:
+    """Pixel features compare pixel by pixel: both sets need one image size and channel count."""
+    if tuple(samples_shape) != tuple(ref_shape):
+        raise UserError(f"--samples {samples_path} holds images of shape {tuple(samples_shape)} (H, W, C), "
+                        f"--ref {ref_path} of {tuple(ref_shape)}; --extractor pixels compares pixels, so "
+                        "both must match (resize one set, or use --extractor inception, which resizes)")
 
 
 def compute_metrics(samples: Extraction, ref: ReferenceSet, *, pr_k: int = DEFAULT_K,

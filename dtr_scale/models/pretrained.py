@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..errors import UserError
 from .dit import DiT
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         return dict(obj["model"]), {}
     if isinstance(obj, Mapping):
         return dict(obj), {}
-    raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    raise UserError(f"{path}: expected a state dict, got {type(obj).__name__}")
 
 
 def _maybe_json(value: str) -> Any:
@@ -98,13 +99,13 @@ def load_pretrained(model: DiT, state_dict_or_path: Mapping[str, torch.Tensor] |
     masks = sd.pop("router.masks", None)  # our own checkpoints and exports
     if masks is not None:
         if model.router is None:
-            raise ValueError(
+            raise UserError(
                 f"{source}: weights carry DTR routing masks (router.masks) but the model has no "
                 "routing; build it with routing=RoutingConfig(...) matching the checkpoint"
             )
         T, C = model.router.config.num_tasks, model.hidden_size
         if masks.dim() != 3 or masks.shape[0] not in (1, model.depth) or tuple(masks.shape[1:]) != (T, C):
-            raise ValueError(
+            raise UserError(
                 f"{source}: router.masks has shape {tuple(masks.shape)}, expected (1 or {model.depth}, {T}, {C})"
             )
         model.router.adopt(masks.expand(model.depth, -1, -1))
@@ -126,7 +127,7 @@ def load_pretrained(model: DiT, state_dict_or_path: Mapping[str, torch.Tensor] |
             parts.append(f"unexpected keys: {_short(unexpected)}")
         if wrong_shape:
             parts.append(f"shape mismatches: {_short(wrong_shape)}")
-        raise ValueError(
+        raise UserError(
             f"{source} does not fit this model ({type(model).__name__} depth={model.depth}, "
             f"hidden={model.hidden_size}, patch={model.patch_size}, input={model.input_size}, "
             f"classes={model.num_classes}, learn_sigma={model.learn_sigma}): " + "; ".join(parts)
@@ -143,14 +144,14 @@ def _apply_dtr_tables(model: DiT, tables: dict[int, torch.Tensor], source: str) 
     missing = [i for i in range(model.depth) if i not in tables]
     extra = [i for i in tables if i >= model.depth]
     if missing or extra:
-        raise ValueError(
+        raise UserError(
             f"{source}: DTR routing masks for blocks {extra} do not exist in the model and blocks "
             f"{missing} have none (keys blocks.N.routing._unit_mapping)"
         )
     ours = model.router.block_tables()
     stacked = torch.stack([tables[i] for i in range(model.depth)])
     if stacked.shape != ours.shape:
-        raise ValueError(
+        raise UserError(
             f"{source}: blocks.0.routing._unit_mapping has shape {tuple(stacked.shape[1:])}, "
             f"the model's masks are {tuple(ours.shape[1:])} (num_tasks × hidden_size)"
         )
@@ -173,10 +174,10 @@ def _accept_plain_dit_tables(model: DiT, tables: dict[int, torch.Tensor], source
 
     beyond = [i for i in tables if i >= model.depth]
     if beyond:
-        raise ValueError(f"{source}: {keys(beyond)} name blocks the model (depth {model.depth}) does not have")
+        raise UserError(f"{source}: {keys(beyond)} name blocks the model (depth {model.depth}) does not have")
     routed = [i for i, table in tables.items() if not bool((table != 0).all())]
     if routed:
-        raise ValueError(
+        raise UserError(
             f"{source}: checkpoint routes channels ({keys(routed)} are not all ones) but the model was "
             "built without routing; pass routing=RoutingConfig(sharing_ratio=..., init=...) matching it"
         )
@@ -196,7 +197,7 @@ def load_weights(path: str | os.PathLike, **overrides: Any) -> tuple[DiT, dict[s
 
     sd, meta = read_weights_file(path)
     if "model" not in meta:
-        raise ValueError(
+        raise UserError(
             f"{path}: no dtr-scale metadata (an official DiT/DTR checkpoint?); build the model with "
             "create_model(...) and call load_pretrained(model, path) instead"
         )

@@ -13,6 +13,8 @@ batch composition (never with the number of ranks: a shard's batches are the sam
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -61,8 +63,10 @@ class FlowObjective(Objective):
         for key, value in (("train_eps", f.train_eps), ("sample_eps", f.sample_eps)):
             if value is not None and not 0.0 <= value < 0.5:
                 raise ValueError(f"diffusion.flow.{key}: got {value!r}; must be in [0, 0.5) or null (SiT's default)")
-        if f.logit_std <= 0:
-            raise ValueError(f"diffusion.flow.logit_std: got {f.logit_std!r}; must be > 0")
+        if not (math.isfinite(f.logit_std) and f.logit_std > 0):  # written so that NaN fails it
+            raise ValueError(f"diffusion.flow.logit_std: got {f.logit_std!r}; must be a finite number > 0")
+        if not math.isfinite(f.logit_mean):
+            raise ValueError(f"diffusion.flow.logit_mean: got {f.logit_mean!r}; must be a finite number")
         if d.loss_weighting != "constant":
             raise ValueError(f"diffusion.loss_weighting: got {d.loss_weighting!r} with objective=flow; flow "
                              "weights its loss with diffusion.flow.loss_weight (set diffusion.loss_weighting=constant)")

@@ -14,6 +14,8 @@ import logging
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 log = logging.getLogger("dtr_scale.sample")
 
 
@@ -76,7 +78,7 @@ def make_decoder(vae: str | None, metadata: dict, *, device: torch.device, preci
     identity = data.get("vae") or {}
     name = vae if vae is not None else identity.get("name")
     if name is None:
-        raise ValueError("the weights' metadata names no VAE (data.vae): pass vae=none for pixel-space "
+        raise UserError("the weights' metadata names no VAE (data.vae): pass vae=none for pixel-space "
                          "models or vae=PATH (a local diffusers AutoencoderKL directory) for latent models")
     scale, shift = data.get("scale_factor"), data.get("shift_factor")
     if str(name).lower() == "none":

@@ -17,6 +17,8 @@ import contextlib
 
 import torch
 
+from dtr_scale.errors import UserError
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -39,16 +41,16 @@ class GuidedDenoiser:
                  precision: str = "fp32", null_label: int | None = None,
                  guidance_interval: tuple[float, float] = (0.0, 1.0)):
         if cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {cfg_scale}")
+            raise UserError(f"cfg_scale must be >= 0 (1.0 = no guidance), got {cfg_scale}")
         in_channels = getattr(model, "in_channels", None)
         if cfg_channels is not None and in_channels is not None and not 1 <= cfg_channels <= in_channels:
-            raise ValueError(f"cfg_channels={cfg_channels}: expected 1..{in_channels} (the model's "
+            raise UserError(f"cfg_channels={cfg_channels}: expected 1..{in_channels} (the model's "
                              "latent channels) or unset for all channels")
         self.model, self.cfg_scale, self.cfg_channels = model, float(cfg_scale), cfg_channels
         self.precision = precision
         low, high = guidance_interval
         if not 0.0 <= low <= high <= 1.0:
-            raise ValueError(f"guidance interval [{low}, {high}]: expected 0 <= low <= high <= 1")
+            raise UserError(f"guidance interval [{low}, {high}]: expected 0 <= low <= high <= 1")
         self.interval = (float(low), float(high))
         self.null_label = model.num_classes if null_label is None else null_label
         self.device = next(model.parameters()).device

@@ -9,6 +9,8 @@ same message as a bad training override: the key, the value given and what is al
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -85,12 +87,15 @@ class SampleOptions:
             bad("seed", "an integer in [0, 2**32)")
         if self.sampler not in SAMPLERS:
             bad("sampler", " | ".join(SAMPLERS))
-        if self.eta < 0:
-            bad("eta", "a number >= 0")
+        if self.steps is not None and not re.fullmatch(r"\s*(ddim[1-9]\d*|[1-9]\d*(\s*,\s*[1-9]\d*)*)\s*", self.steps):
+            bad("steps", "'250' (steps spread evenly), 'ddim50' (DDIM's even stride) or sections '10,15,20'")
+        # Written so that NaN fails (NaN compares false): `not (x >= 0)`, never `x < 0`.
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            bad("eta", "a finite number >= 0")
         if self.eta != 0 and self.sampler != "ddim":
             bad("eta", "0 unless sampler=ddim (eta is DDIM's noise level)")
-        if self.cfg_scale < 0:
-            bad("cfg_scale", "a number >= 0 (1.0 = no guidance)")
+        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
+            bad("cfg_scale", "a finite number >= 0 (1.0 = no guidance)")
         if self.cfg_channels is not None and self.cfg_channels < 1:
             bad("cfg_channels", "a positive channel count, or 'all'")
         if self.precision not in PRECISIONS:
@@ -119,8 +124,10 @@ class SampleOptions:
         if self.num_steps < 2:
             bad("num_steps", "an integer >= 2 (the flow grid's times, both ends included)")
         for key in ("atol", "rtol"):
-            if getattr(self, key) <= 0:
-                bad(key, "a number > 0")
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                bad(key, "a finite number > 0")
+        if not (math.isfinite(self.diffusion_norm) and self.diffusion_norm >= 0):
+            bad("diffusion_norm", "a finite number >= 0")
         if not 0 <= self.last_step_size < 1:
             bad("last_step_size", "a number in [0, 1)")
         for key in ("guidance_low", "guidance_high"):

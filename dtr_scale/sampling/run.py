@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from dtr_scale.atomic import atomic_write_json
+from dtr_scale.errors import UserError
 from dtr_scale.objective import objective_class
 from dtr_scale.parallel.parallelize import apply_compile, compile_wanted
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
@@ -40,7 +41,7 @@ def check_run_config(out_dir: str, wanted: dict) -> bool:
     diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
     if diff:
         details = "; ".join(f"{k}: {found.get(k)!r} on disk, {wanted.get(k)!r} now" for k in diff)
-        raise ValueError(f"{out_dir} already holds samples of a different run ({details}). Use a new "
+        raise UserError(f"{out_dir} already holds samples of a different run ({details}). Use a new "
                          f"--out directory, or repeat the original options to resume that run")
     return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from dtr_scale.config import bad_value
+from dtr_scale.errors import UserError
 from dtr_scale.models import DiT, create_model, load_pretrained, load_weights
 from dtr_scale.models.pretrained import read_weights_file
 from dtr_scale.objective import DEFAULT_OBJECTIVE, objective_class
@@ -57,7 +58,7 @@ def _official(path: str, sd: dict, name: str | None, objective: str) -> tuple[Di
         out_channels = sd["final_layer.linear.weight"].shape[0] // (patch * patch)
         table = sd["y_embedder.embedding_table.weight"].shape[0]
     except KeyError as exc:
-        raise ValueError(f"{path}: not a DiT/SiT state dict (no {exc.args[0]})") from None
+        raise UserError(f"{path}: not a DiT/SiT state dict (no {exc.args[0]})") from None
     side = int(round(num_patches ** 0.5)) * patch
     shape = dict(input_size=side, in_channels=channels, num_classes=table - 1,
                  learn_sigma=out_channels == 2 * channels)
