@@ -1,6 +1,6 @@
 """Does DTR help at all on the digits? Vanilla, DTR, ANT-UW and ANT-UW + DTR over several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py                 # the study (~25-30 min, 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py                 # the study (~25 min on 2 quiet cores)
     OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py --smoke         # a 1-minute check of the chain
     python benchmarks/dtr_effect.py --report-only                     # table and plots from the runs
 
@@ -262,10 +262,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="dtr_effect_runs", help="run folders (one per variant and seed)")
     p.add_argument("--data", default=None, help="digits shards (default: WORK/data, prepared once)")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=500, help="training steps per run (the same for every variant)")
+    p.add_argument("--steps", type=int, default=200, help="training steps per run (the same for every variant)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--num-samples", type=int, default=2000, help="samples for the final FD and P/R")
-    p.add_argument("--curve-samples", type=int, default=500, help="samples for the intermediate checkpoints")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples for the final FD and P/R")
+    p.add_argument("--curve-samples", type=int, default=250, help="samples for the intermediate checkpoints")
     p.add_argument("--sampling", default="ddim20")
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--parallel", type=int, default=2)
