@@ -31,6 +31,8 @@ import time
 import numpy as np
 import yaml
 
+from .threads import configure_threads
+
 # A tiny routed DiT that learns the digits in a few minutes on 2 cores: 4 tokens of 4×4 pixels
 # (patch 2 means 16 tokens and about 3× the compute per image), 6 blocks of width 128. With
 # LR 1.5e-3, a 40-step warm-up and EMA 0.99 the loss flattens by ~700 steps and the samples are
@@ -123,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first (otherwise finished stages resume)")
     args = p.parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
 
     out = os.path.abspath(args.out)
     if args.fresh and os.path.isdir(out):

@@ -26,6 +26,7 @@ from dtr_scale.evaluation.pipeline import compute_metrics, extract, prepare_refe
 from dtr_scale.evaluation.precision_recall import DEFAULT_BLOCK, DEFAULT_K
 from dtr_scale.evaluation.references import default_cache_dir
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
+from .threads import configure_threads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     try:
         report = run(args)
         rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0

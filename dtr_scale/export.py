@@ -25,6 +25,7 @@ from .config import load_config
 from .models import DiT, load_pretrained, official_state_dict
 from .models.pretrained import EXPORT_FORMAT
 from .objective import dit_from_config
+from .threads import configure_threads
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="run directory (uses 'latest') or a step_* directory")
     p.add_argument("--out", required=True, help="output path; writes STEM.pt and STEM.safetensors")
     args = p.parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     try:
         pt, st = export(args.checkpoint, args.out)
     except (FileNotFoundError, ValueError) as exc:

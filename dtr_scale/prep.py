@@ -16,6 +16,7 @@ import sys
 
 from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, PrepConfig, run_prep
 from .parallel.process_group import init_distributed, shutdown
+from .threads import configure_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     cfg = PrepConfig(source=args.source, vae=args.vae, out=args.out, resolution=args.resolution,
                      shard_size=args.shard_size, batch_size=args.batch_size,
                      vae_subfolder=args.vae_subfolder, allow_download=args.allow_download,

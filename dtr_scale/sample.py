@@ -41,6 +41,7 @@ import argparse
 import sys
 
 from dtr_scale.sampling.options import options_help, parse_options
+from dtr_scale.threads import configure_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value may stand before or after options
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     try:
         opts = parse_options(args.options)
         from dtr_scale.sampling.run import run_sampling

@@ -9,6 +9,7 @@ preemption.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -36,6 +37,8 @@ from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from .run_log import LOG_NAME, setup_run_logging
+from .threads import configure_threads
 
 log = logging.getLogger("dtr_scale")
 NUM_LOG_CLUSTERS = 8  # loss per timestep cluster, the way DTR/ANT users read training
@@ -191,8 +194,11 @@ def resume(tr: Trainer) -> None:
         if tr.env.is_main:
             print(f"resumed from {resume_from} at step {tr.step}", flush=True)
     if tr.env.is_main:
-        print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}):\n{tr.config_yaml}", flush=True)
-        atomic_write_text(os.path.join(tr.cfg.checkpoint.dir, "config.yaml"), tr.config_yaml)
+        config_path = os.path.join(tr.cfg.checkpoint.dir, "config.yaml")
+        atomic_write_text(config_path, tr.config_yaml)
+        # The whole config lives in the run folder; the console gets one line pointing at it.
+        print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}): {config_path}; "
+              f"log: {os.path.join(tr.cfg.checkpoint.dir, LOG_NAME)}", flush=True)
     tr.batches = infinite(tr.loader)
 
 
@@ -287,7 +293,8 @@ def run(cfg: Config, env: DistEnv) -> int:
     tr = setup(cfg, env)
     resume(tr)
     t = cfg.train
-    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, tr.step)
+    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, tr.step, log_cfg=cfg.log,
+                           config=dataclasses.asdict(cfg))
     monitor = InLoopMonitor(cfg, env, tr.device, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
     compile_watch = CompileWatch(compile_wanted(cfg.model.compile, tr.device))  # its cost shows in the next log line
@@ -320,6 +327,7 @@ def run(cfg: Config, env: DistEnv) -> int:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     try:
         cfg = load_config(args.config, overrides)
@@ -328,6 +336,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     env = init_distributed()
+    setup_run_logging(cfg.checkpoint.dir, env.is_main)  # train.log; library chatter off the console
     try:
         code = run(cfg, env)
     except BaseException:
