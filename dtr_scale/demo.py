@@ -10,8 +10,9 @@ cluster run uses:
 once with DTR (β = 0.8) and once for the plain-DiT baseline (β = 1.0) with equal steps.
 `--objective flow` runs the same chain as SiT-style flow matching (linear path, velocity
 prediction, DTR task round((1 − t)·999)) sampled with an Euler ODE. Writes
-`OUT/report.md`, `OUT/report.json` (with every stage's seconds), sample grids (one row per class)
-and the loss curves.
+`OUT/report.md`, `OUT/report.json` (with every stage's seconds, summed over every pass when the
+demo was interrupted and rerun), sample grids (one row per class) and the loss curves. The console
+gets one progress line per stage; each stage's whole output is in `OUT/logs/` (demo_stages.py).
 
 Sized to finish in about four minutes on 2 cores: training is ~85% of the time, so the
 choices that matter are the model's patch size (4: four tokens per digit), the number of steps
@@ -24,13 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 import numpy as np
 import yaml
 
+from .demo_stages import Stage
 from .threads import configure_threads
 
 # A tiny routed DiT that learns the digits in a few minutes on 2 cores: 4 tokens of 4×4 pixels
@@ -49,33 +49,6 @@ DEMO_CONFIG = {
     "checkpoint": {"every": 100000, "keep": 1},  # the last step always saves
 }
 VARIANTS = {"dtr": 0.8, "baseline": 1.0}  # β; 1.0 is plain DiT
-
-
-class Stage:
-    """Runs one CLI step as a subprocess, logging its output, and times it."""
-
-    def __init__(self, out: str):
-        self.out = out
-        self.times: dict[str, float] = {}
-
-    def run(self, name: str, args: list[str], nproc: int = 1) -> None:
-        cmd = [sys.executable, "-m"]
-        if nproc > 1:
-            cmd += ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
-        cmd += args
-        log_path = os.path.join(self.out, "logs", name.replace(" ", "_") + ".log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        print(f"[demo] {name}: {' '.join(cmd[1:])}", flush=True)
-        tic = time.perf_counter()
-        env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"))
-        with open(log_path, "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.times[name] = time.perf_counter() - tic
-        if proc.returncode != 0:
-            with open(log_path) as f:
-                tail = f.read()[-3000:]
-            raise SystemExit(f"[demo] {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
-        print(f"[demo] {name}: done in {self.times[name]:.1f} s", flush=True)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -131,8 +104,9 @@ def main(argv=None) -> int:
     if args.fresh and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    start = time.perf_counter()
     stage = Stage(out)
+    print(f"[demo] each stage's full output: {os.path.join(out, 'logs')}/ (pass {stage.passes} over this folder; "
+          "times in the report add up every pass)", flush=True)
     data = os.path.join(out, "data")
     stage.run("prep", ["dtr_scale.prep", "--source", "digits", "--vae", "none", "--out", data,
                        "--resolution", "8", "--shard-size", "200", "--no-progress"])
@@ -186,11 +160,12 @@ def main(argv=None) -> int:
         }
     plot_losses({name: read_metrics(os.path.join(out, name, "run")) for name in VARIANTS},
                 os.path.join(out, "loss_curves.png"), args.objective)
-    wall = time.perf_counter() - start
+    wall = stage.wall_seconds()  # every pass over OUT, like the stage times
     sampling = args.sampling_steps if args.objective == "ddpm" else f"Euler ODE, {args.flow_steps} steps"
     summary = {"wall_seconds": wall, "objective": args.objective, "engine": args.engine, "nproc": args.nproc, "model": config["model"]["name"],
                "global_batch_size": config["train"]["global_batch_size"], "sampling_steps": sampling,
-               "cfg_scale": args.cfg_scale, "variants": results, "stage_seconds": stage.times}
+               "cfg_scale": args.cfg_scale, "variants": results, "stage_seconds": stage.times,
+               "passes": stage.passes}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(summary, f, indent=2)
     write_markdown(summary, os.path.join(out, "report.md"))
@@ -220,7 +195,9 @@ def write_markdown(s: dict, path: str) -> None:
             f"{fmt(v['train_img_per_s'], '.0f')} | {v['train_seconds']:.0f} | {v['sample_seconds']:.0f} |"
         )
     stages = ", ".join(f"{name} {sec:.0f}" for name, sec in s.get("stage_seconds", {}).items())
-    lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s (stages, s: {stages}).", "",
+    passes = s.get("passes", 1)
+    over = f", over {passes} passes (resumed)" if passes > 1 else ""
+    lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s{over} (stages, s: {stages}).", "",
               "![DTR samples, one row per class](samples_dtr.png)", "",
               "![baseline samples, one row per class](samples_baseline.png)", "",
               "![loss curves](loss_curves.png)", ""]
