@@ -88,7 +88,7 @@ class Stage:
             env["OMP_NUM_THREADS"] = "1"  # several ranks on a small machine; one process picks its own
         self._say(f"[demo] {name}: {' '.join(cmd[1:])}", final=True)
         tic = time.perf_counter()
-        last_plain = tic
+        last_plain = float("-inf")  # the first progress line shows at once
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                     bufsize=1)
