@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
+import string
 from typing import Optional
 
 from .atomic import atomic_write_text
@@ -34,9 +36,9 @@ def run_id(run_dir: str) -> str:
             stored = f.read().strip()
         if stored:
             return stored
-    import wandb
-
-    new = wandb.util.generate_id()
+    # W&B's own id shape (8 lowercase letters and digits); made here, since where wandb keeps its
+    # generator has moved between versions.
+    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     os.makedirs(run_dir, exist_ok=True)
     atomic_write_text(path, new + "\n")
     return new
