@@ -84,8 +84,8 @@ def class_grid(samples_npz: str, path: str, per_class: int = 10) -> None:
     save_grid(images, path, nrow=per_class, labels=labels, upscale=6)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dtr_scale.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out")
     p.add_argument("--steps", type=int, default=DEMO_CONFIG["train"]["max_steps"], help="training steps per variant")
     p.add_argument("--nproc", type=int, default=2, help="processes for training and sampling")
@@ -97,7 +97,11 @@ def main(argv=None) -> int:
                    help="ddpm (DiT/DTR) or flow (SiT transport, Euler ODE sampling)")
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first (otherwise finished stages resume)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     configure_threads()  # before any tensor work: see dtr_scale/threads.py
 
     out = os.path.abspath(args.out)

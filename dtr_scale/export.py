@@ -117,11 +117,15 @@ def _masks_match_config(model: DiT) -> bool:
     return torch.equal(rebuilt, model.router.masks.cpu())
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export consolidated EMA weights (official DiT layout) from a checkpoint.")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dtr_scale.export", description="Export consolidated EMA weights (official DiT layout) from a checkpoint.")
     p.add_argument("--checkpoint", required=True, help="run directory (uses 'latest') or a step_* directory")
     p.add_argument("--out", required=True, help="output path; writes STEM.pt and STEM.safetensors")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     configure_threads()  # before any tensor work: see dtr_scale/threads.py
     try:
         pt, st = export(args.checkpoint, args.out)
