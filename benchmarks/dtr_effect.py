@@ -294,6 +294,9 @@ def main(argv=None) -> int:
     if not args.report_only:
         launch(args, todo)
     results = [json.loads(p.read_text()) for p in sorted(Path(args.work).glob("*/result.json"))]
+    # Only seeds that every variant finished (a study stopped early must not compare unequal sets).
+    complete = set.intersection(*[{r["seed"] for r in results if r["variant"] == v} for v in VARIANTS])
+    results = [r for r in results if r["seed"] in complete]
     if not results:
         print("no finished runs", file=sys.stderr)
         return 1
