@@ -37,7 +37,7 @@ from .parallel.optim import lr_factor
 from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag
-from .run_log import LOG_NAME, setup_run_logging
+from .run_log import LOG_NAME, close_run_logging, setup_run_logging
 from .threads import configure_threads
 
 log = logging.getLogger("dtr_scale")
@@ -345,6 +345,7 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         os._exit(1)
     shutdown()
+    close_run_logging()  # a later run in this process (tests, scripts) opens its own train.log
     return code
 
 
