@@ -8,7 +8,7 @@ nothing. The rule here:
 
     threads = max(1, cores this process may run on (sched_getaffinity) // local ranks)
 
-with local ranks from `LOCAL_WORLD_SIZE` (torchrun, the deepspeed launcher) or
+with local ranks from `LOCAL_WORLD_SIZE` (torchrun), `LOCAL_SIZE` (the deepspeed launcher) or
 `SLURM_NTASKS_PER_NODE`, so the ranks of a node never ask for more threads than it has. An explicit
 choice wins: `OMP_NUM_THREADS` in the environment, or a `torch.set_num_threads(n)` made after this
 module was imported (a script that calls `main(argv)` after choosing its own count).
@@ -45,7 +45,7 @@ def available_cores() -> int:
 
 def local_ranks(environ: Mapping[str, str]) -> int:
     """Processes of this job on this node, as the launcher says (1 when none does)."""
-    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
         value = environ.get(key, "")
         head = value.split("(")[0].split(",")[0]  # SLURM may write e.g. "2(x3)"
         if head.strip().isdigit() and int(head) > 0:

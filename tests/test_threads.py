@@ -13,6 +13,7 @@ def test_cores_divided_by_local_ranks_never_oversubscribed():
     assert choose_threads({"LOCAL_WORLD_SIZE": "3"}, cores=8, current=current).threads == 2  # floor
     assert choose_threads({"LOCAL_WORLD_SIZE": "16"}, cores=8, current=current).threads == 1  # at least one
     assert choose_threads({"SLURM_NTASKS_PER_NODE": "2(x3)"}, cores=8, current=current).threads == 4
+    assert choose_threads({"LOCAL_SIZE": "8"}, cores=16, current=current).threads == 2  # deepspeed launcher
     assert "8 core(s)" in choose_threads({}, cores=8, current=current).reason
 
 
