@@ -1,6 +1,6 @@
 """Does DTR help at all on the digits? Vanilla, DTR, ANT-UW and ANT-UW + DTR over several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py                 # the study (~25 min on 2 quiet cores)
+    OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py                 # the study (~15 min on 2 quiet cores, 2-4x that on a busy one)
     OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py --smoke         # a 1-minute check of the chain
     python benchmarks/dtr_effect.py --report-only                     # table and plots from the runs
 
