@@ -1,6 +1,6 @@
 """Does DTR help at all on the digits? Vanilla, DTR, ANT-UW and ANT-UW + DTR over several seeds.
 
-    OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py                 # the study (~15 min on 2 quiet cores, 2-4x that on a busy one)
+    OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py                 # the study (see below for its time)
     OMP_NUM_THREADS=1 python benchmarks/dtr_effect.py --smoke         # a 1-minute check of the chain
     python benchmarks/dtr_effect.py --report-only                     # table and plots from the runs
 
@@ -12,7 +12,8 @@ the same per-sample seeds for every variant of a training seed, so the compariso
 Sampling noise is measured, not guessed: the final FD is also computed on two disjoint halves of
 the samples, and their spread is reported next to the differences between variants.
 
-Runs go to `--work` (one folder each, with `result.json`); a rerun skips the finished ones, so a
+Time: about 15 minutes on 2 quiet cores (20 runs, 2 at a time, ~85 s each), 2-4x that when other
+jobs share the cores. Runs go to `--work` (one folder each, with `result.json`); a rerun skips the finished ones, so a
 killed study continues. The summary goes to benchmarks/results/dtr_effect.json and the plots
 to benchmarks/results/dtr_effect_*.png.
 """
