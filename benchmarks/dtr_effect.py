@@ -12,11 +12,11 @@ the same per-sample seeds for every variant of a training seed, so the compariso
 Sampling noise is measured, not guessed: the final FD is also computed on two disjoint halves of
 the samples, and their spread is reported next to the differences between variants.
 
-Time: about 15 minutes on 2 quiet cores (estimated from the smoke setting's rates: ~85 s per run,
-2 at a time), and measured at 2-4x that when other
-jobs share the cores. Runs go to `--work` (one folder each, with `result.json`); a rerun skips the finished ones, so a
-killed study continues. The summary goes to benchmarks/results/dtr_effect.json and the plots
-to benchmarks/results/dtr_effect_*.png.
+Time: about 15 minutes on 2 quiet cores (estimated from the smoke setting's rates: ~85 s per
+run, 2 at a time); measured at 4-8x that while other jobs shared the cores. Runs go to `--work`
+(one folder each, with `result.json`); a rerun skips the finished ones, so a killed study
+continues. The summary goes to benchmarks/results/dtr_effect.json and the plot to
+benchmarks/results/dtr_effect.png.
 """
 from __future__ import annotations
 
