@@ -37,6 +37,8 @@ HARMLESS_WARNINGS = [
     (UserWarning, r"Gloo backend does not support multiple devices|Trying to use gloo"),
     (UserWarning, r"torch\.distributed\.reduce_op is deprecated"),
     (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to"),
+    # torch 2.14 renamed DDP's argument; `broadcast_buffers=False` still means what it meant.
+    (FutureWarning, r"`broadcast_buffers` is deprecated"),
 ]
 # logger name -> records below this level are chatter.
 CHATTY_LOGGERS = {"DeepSpeed": logging.WARNING, "torch.utils.cpp_extension": logging.ERROR}
