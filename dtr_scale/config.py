@@ -131,6 +131,15 @@ class EvalSection:
 
 
 @dataclass
+class LogSection:
+    """Optional experiment tracking beside TensorBoard and metrics.jsonl (dtr_scale/wandb_log.py)."""
+    wandb: bool = False  # needs `pip install dtr-scale[wandb]`
+    wandb_project: str = "dtr-scale"
+    wandb_run_name: Optional[str] = None  # None = the run folder's name
+    wandb_mode: str = "auto"  # auto (= $WANDB_MODE, else online) | online | offline | disabled
+
+
+@dataclass
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
     diffusion: DiffusionSection = field(default_factory=DiffusionSection)
@@ -139,6 +148,7 @@ class Config:
     parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    log: LogSection = field(default_factory=LogSection)
 
 
 CHOICES = {
@@ -153,6 +163,7 @@ CHOICES = {
     "model.compile": ("auto", "true", "false"),
     "parallel.zero_stage": (1, 2, 3),
     "eval.extractor": ("pixels", "inception"),
+    "log.wandb_mode": ("auto", "online", "offline", "disabled"),
 }
 
 # key -> (predicate, description of the allowed range). Every predicate is written so that NaN

@@ -10,8 +10,9 @@ cluster run uses:
 once with DTR (β = 0.8) and once for the plain-DiT baseline (β = 1.0) with equal steps.
 `--objective flow` runs the same chain as SiT-style flow matching (linear path, velocity
 prediction, DTR task round((1 − t)·999)) sampled with an Euler ODE. Writes
-`OUT/report.md`, `OUT/report.json` (with every stage's seconds), sample grids (one row per class)
-and the loss curves.
+`OUT/report.md`, `OUT/report.json` (with every stage's seconds, summed over every pass when the
+demo was interrupted and rerun), sample grids (one row per class) and the loss curves. The console
+gets one progress line per stage; each stage's whole output is in `OUT/logs/` (demo_stages.py).
 
 Sized to finish in about four minutes on 2 cores: training is ~85% of the time, so the
 choices that matter are the model's patch size (4: four tokens per digit), the number of steps
@@ -24,15 +25,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 import numpy as np
 import yaml
 
 from .errors import UserError, run_cli
 from .input_checks import at_least, finite, writable_dir
+from .demo_stages import Stage
+from .threads import configure_threads
 
 # A tiny routed DiT that learns the digits in a few minutes on 2 cores: 4 tokens of 4×4 pixels
 # (patch 2 means 16 tokens and about 3× the compute per image), 6 blocks of width 128. With
@@ -50,33 +51,6 @@ DEMO_CONFIG = {
     "checkpoint": {"every": 100000, "keep": 1},  # the last step always saves
 }
 VARIANTS = {"dtr": 0.8, "baseline": 1.0}  # β; 1.0 is plain DiT
-
-
-class Stage:
-    """Runs one CLI step as a subprocess, logging its output, and times it."""
-
-    def __init__(self, out: str):
-        self.out = out
-        self.times: dict[str, float] = {}
-
-    def run(self, name: str, args: list[str], nproc: int = 1) -> None:
-        cmd = [sys.executable, "-m"]
-        if nproc > 1:
-            cmd += ["torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
-        cmd += args
-        log_path = os.path.join(self.out, "logs", name.replace(" ", "_") + ".log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        print(f"[demo] {name}: {' '.join(cmd[1:])}", flush=True)
-        tic = time.perf_counter()
-        env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"))
-        with open(log_path, "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.times[name] = time.perf_counter() - tic
-        if proc.returncode != 0:
-            with open(log_path) as f:
-                tail = f.read()[-3000:]
-            raise SystemExit(f"[demo] {name} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
-        print(f"[demo] {name}: done in {self.times[name]:.1f} s", flush=True)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -128,7 +102,7 @@ def class_grid(samples_npz: str, path: str, per_class: int = 10) -> None:
 # The demo's marker, written into OUT when the demo creates it: --fresh removes only folders that
 # carry it, and only the entries below (what a demo writes), each named in the log.
 MARKER = ".dtr-scale-demo"
-DEMO_ENTRIES = ("data", *VARIANTS, "logs", "demo-config.yaml", "report.json", "report.md", "loss_curves.png",
+DEMO_ENTRIES = ("data", *VARIANTS, "logs", "demo_times.json", "demo-config.yaml", "report.json", "report.md", "loss_curves.png",
                 *(f"samples_{name}.png" for name in VARIANTS))
 
 
@@ -159,8 +133,8 @@ def prepare_output(out: str, fresh: bool) -> str:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dtr_scale.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out")
     p.add_argument("--steps", type=int, default=DEMO_CONFIG["train"]["max_steps"], help="training steps per variant")
     p.add_argument("--nproc", type=int, default=2, help="processes for training and sampling")
@@ -171,8 +145,15 @@ def main(argv=None) -> int:
     p.add_argument("--objective", default="ddpm", choices=list(DEMO_OBJECTIVES),
                    help="ddpm (DiT/DTR) or flow (SiT transport, Euler ODE sampling)")
     p.add_argument("--flow-steps", type=int, default=25, help="Euler steps of the flow ODE (with --objective flow)")
-    p.add_argument("--fresh", action="store_true", help="delete what an earlier demo wrote in OUT first (otherwise finished stages resume)")
-    return run_cli(_demo, p.parse_args(argv))
+    p.add_argument("--fresh", action="store_true",
+                   help="delete what an earlier demo wrote in OUT first (otherwise finished stages resume)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
+    return run_cli(_demo, args)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -187,10 +168,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     check_args(args)
-
     out = prepare_output(os.path.abspath(args.out), args.fresh)  # checked first: nothing deleted before
-    start = time.perf_counter()
     stage = Stage(out)
+    print(f"[demo] each stage's full output: {os.path.join(out, 'logs')}/ (pass {stage.passes} over this folder; "
+          "times in the report add up every pass)", flush=True)
     data = os.path.join(out, "data")
     stage.run("prep", ["dtr_scale.prep", "--source", "digits", "--vae", "none", "--out", data,
                        "--resolution", "8", "--shard-size", "200", "--no-progress"])
@@ -243,11 +224,12 @@ def _demo(args: argparse.Namespace) -> int:
         }
     plot_losses({name: read_metrics(os.path.join(out, name, "run")) for name in VARIANTS},
                 os.path.join(out, "loss_curves.png"), args.objective)
-    wall = time.perf_counter() - start
+    wall = stage.wall_seconds()  # every pass over OUT, like the stage times
     sampling = shown["sampling"](args)
     summary = {"wall_seconds": wall, "objective": args.objective, "engine": args.engine, "nproc": args.nproc, "model": config["model"]["name"],
                "global_batch_size": config["train"]["global_batch_size"], "sampling_steps": sampling,
-               "cfg_scale": args.cfg_scale, "variants": results, "stage_seconds": stage.times}
+               "cfg_scale": args.cfg_scale, "variants": results, "stage_seconds": stage.times,
+               "passes": stage.passes}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(summary, f, indent=2)
     write_markdown(summary, os.path.join(out, "report.md"))
@@ -277,7 +259,9 @@ def write_markdown(s: dict, path: str) -> None:
             f"{fmt(v['train_img_per_s'], '.0f')} | {v['train_seconds']:.0f} | {v['sample_seconds']:.0f} |"
         )
     stages = ", ".join(f"{name} {sec:.0f}" for name, sec in s.get("stage_seconds", {}).items())
-    lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s (stages, s: {stages}).", "",
+    passes = s.get("passes", 1)
+    over = f", over {passes} passes (resumed)" if passes > 1 else ""
+    lines += ["", f"Wall time, whole chain: {s['wall_seconds']:.0f} s{over} (stages, s: {stages}).", "",
               "![DTR samples, one row per class](samples_dtr.png)", "",
               "![baseline samples, one row per class](samples_baseline.png)", "",
               "![loss curves](loss_curves.png)", ""]

@@ -1,6 +1,6 @@
 """Distributed FID / sFID / IS / Precision / Recall of a sample set against a reference.
 
-    python -m dtr_scale.evaluate --samples NPZ_OR_DIR --ref NPZ_OR_DIR \\
+    python -m dtr_scale.evaluate --samples NPZ_OR_DIR --ref NPZ_OR_DIR_OR_PREP_DIR \\
         --extractor inception|pixels --out report.json [--inception-weights PATH]
 
 Works alone, under `torchrun --nproc_per_node=N`, `deepspeed --module` and `srun`: every rank
@@ -28,6 +28,7 @@ from dtr_scale.evaluation.pipeline import compute_metrics, extract, prepare_refe
 from dtr_scale.evaluation.precision_recall import DEFAULT_BLOCK, DEFAULT_K
 from dtr_scale.evaluation.references import default_cache_dir, has_images
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
+from dtr_scale.threads import configure_threads
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", required=True,
                    help=".npz with arr_0 = NHWC uint8 images, or a folder of such .npz files or of PNG/JPG")
     p.add_argument("--ref", required=True,
-                   help="ADM reference batch .npz (mu, sigma, mu_s, sigma_s, arr_0), image .npz or folder")
+                   help="ADM reference batch .npz (mu, sigma, mu_s, sigma_s, arr_0), image .npz, a folder "
+                        "of images, or a prep output folder (dataset.json + shards: the training set itself)")
     p.add_argument("--extractor", choices=["inception", "pixels"], default="inception")
     p.add_argument("--out", required=True, help="path of the JSON report (written by rank 0)")
     p.add_argument("--inception-weights", default=None,
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     return run_cli(_evaluate, parse_args(argv))
 
 

@@ -26,6 +26,7 @@ from .input_checks import writable_file
 from .models import DiT, load_pretrained, official_state_dict
 from .models.pretrained import EXPORT_FORMAT
 from .objective import dit_from_config, objective_class
+from .threads import configure_threads
 
 
 def resolve_checkpoint(path: str, flag: str = "--checkpoint") -> str:
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     return run_cli(_export, build_parser().parse_args(argv))
 
 

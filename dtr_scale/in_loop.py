@@ -13,7 +13,9 @@ broadcast into an eval copy of the DiT on every rank, so this works under every 
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import numpy as np
 import torch
@@ -25,6 +27,8 @@ from .evaluation.pipeline import compute_metrics, extract, prepare_reference
 from .models import load_pretrained
 from .objective import dit_from_config, objective_class
 from .sampling import generate, make_decoder, save_grid
+
+log = logging.getLogger("dtr_scale")
 
 
 class _RankBlock:
@@ -77,12 +81,27 @@ class InLoopMonitor:
         metrics = {}
         if grid_due and self.env.rank == 0:
             k = min(self.model.num_classes, 10)
+            tic = self._announce(f"sample grid ({8 * k} samples)", step)
             images, labels = self._sample(range(8 * k), [i % k for i in range(8 * k)])
             path = os.path.join(self.cfg.checkpoint.dir, "samples", f"step_{step:09d}.png")
             save_grid(images, path, nrow=8, labels=labels, upscale=max(1, 64 // images.shape[1]))
+            log.info("in-loop: sample grid done in %.1f s: %s", time.perf_counter() - tic, path)
+            metrics["sample_grid"] = path  # the metrics logger hands it to W&B
         if eval_due:
+            tic = self._announce(f"evaluation ({self.cfg.eval.num_samples} samples, {self.cfg.eval.extractor})", step)
             metrics.update(self._evaluate())
+            if self.env.rank == 0:
+                log.info("in-loop: evaluation done in %.1f s: eval_fd=%.4g", time.perf_counter() - tic,
+                         metrics["eval_fd"])
         return metrics
+
+    def _announce(self, what: str, step: int) -> float:
+        """Say what is about to stall training, and for how many sampler steps (why it is slow)."""
+        if self.env.rank == 0:
+            steps = self.cfg.eval.sampling_steps
+            log.info("in-loop: %s at step %d with %s sampling steps (eval.sampling_steps=%s; fewer, e.g. "
+                     "ddim50, is faster)", what, step, steps, steps)
+        return time.perf_counter()
 
     def _evaluate(self) -> dict:
         e = self.cfg.eval

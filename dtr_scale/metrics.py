@@ -1,5 +1,6 @@
-"""Training metrics: the loop's device-side bookkeeping (`StepStats`), and their output: rank-0
-console bar (tqdm), JSON-lines file and TensorBoard scalars (`MetricsLogger`).
+"""Training metrics: the loop's device-side bookkeeping (`StepStats`), and their output
+(`MetricsLogger`): rank-0 console progress (progress.py), JSON-lines file, TensorBoard scalars
+and, with `log.wandb`, Weights & Biases (wandb_log.py).
 
 Only rank 0 writes. The JSON-lines file is appended one flushed line at a time, so a killed job
 loses at most the line being written, and a resumed run continues the same file.
@@ -11,13 +12,15 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+
+from .progress import ConsoleProgress
+from .run_log import FILE_LOGGER
+from .wandb_log import WandbLogger
 
 log = logging.getLogger("dtr_scale")
 
@@ -120,11 +123,13 @@ class StepStats:
 
 
 class MetricsLogger:
-    def __init__(self, directory: str, enabled: bool, total_steps: int, start_step: int):
+    def __init__(self, directory: str, enabled: bool, total_steps: int, start_step: int,
+                 log_cfg=None, config: dict | None = None):
         self.enabled = enabled
-        self.bar = None
+        self.progress = ConsoleProgress(total_steps, start_step, enabled, file_log=logging.getLogger(FILE_LOGGER))
         self.file = None
         self.tb = None
+        self.wandb = None
         if not enabled:
             return
         os.makedirs(directory, exist_ok=True)
@@ -134,12 +139,11 @@ class MetricsLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(os.path.join(directory, "tensorboard"))
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                        dynamic_ncols=True, file=sys.stdout, disable=None)  # None: off when not a TTY
+        if log_cfg is not None:
+            self.wandb = WandbLogger.start(log_cfg, directory, config or {})
 
     def advance(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        self.progress.advance(n)
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -151,16 +155,14 @@ class MetricsLogger:
             for key, value in clean.items():
                 if isinstance(value, float) and math.isfinite(value):
                     self.tb.add_scalar(key, value, step)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{clean.get('loss', float('nan')):.4f}",
-                                 img_s=f"{clean.get('img_per_s', 0):.0f}", refresh=False)
-        log.info("step %d %s", step, " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in clean.items()
-            if not k.startswith("loss_t")))
+        if self.wandb is not None:
+            self.wandb.log(step, clean)
+        self.progress.report(step, clean)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
+        if self.wandb is not None:
+            self.wandb.close()
         if self.tb is not None:
             self.tb.close()
         if self.file is not None:

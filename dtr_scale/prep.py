@@ -21,6 +21,7 @@ from .data.encode_job import DIGITS_RESOLUTION, IMAGE_RESOLUTION, PrepConfig, ru
 from .errors import UserError, remember_process_group, run_cli
 from .input_checks import at_least, writable_dir
 from .parallel.process_group import init_distributed, shutdown
+from .threads import configure_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +102,7 @@ def check_args(args: argparse.Namespace) -> PrepConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     return run_cli(_prep, args)
 
 

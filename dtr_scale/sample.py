@@ -44,6 +44,7 @@ import sys
 from dtr_scale.errors import UserError, remember_process_group, run_cli
 from dtr_scale.input_checks import writable_dir
 from dtr_scale.sampling.options import SampleOptions, options_help, parse_options
+from dtr_scale.threads import configure_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +79,7 @@ def check_args(args: argparse.Namespace) -> SampleOptions:
 
 def main(argv=None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # key=value may stand before or after options
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     return run_cli(_sample, args)
 
 

@@ -9,6 +9,7 @@ preemption.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -36,13 +37,15 @@ from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, read_dist_env, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag, exit_now, ignore_preemption_signals
 from .randomness import rank_streams, training_inputs
+from .run_log import LOG_NAME, close_run_logging, setup_run_logging
+from .threads import configure_threads
 
 log = logging.getLogger("dtr_scale")
 NUM_LOG_CLUSTERS = 8  # loss per timestep cluster, the way DTR/ANT users read training
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m dtr_scale.train", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML experiment config (see configs/)")
     p.add_argument("--resume", default=None, help="auto | none | CHECKPOINT_DIR (overrides checkpoint.resume)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
@@ -171,7 +174,10 @@ def resume(tr: Trainer) -> None:
         if tr.env.is_main:
             print(f"resumed from {resume_from} at step {tr.step}", flush=True)
     if tr.env.is_main:
-        print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}):\n{tr.config_yaml}", flush=True)
+        config_path = os.path.join(tr.cfg.checkpoint.dir, "config.yaml")
+        # The whole config lives in the run folder; the console gets one line pointing at it.
+        print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}): {config_path}; "
+              f"log: {os.path.join(tr.cfg.checkpoint.dir, LOG_NAME)}", flush=True)
     tr.ckpt.record_config(tr.config_yaml, run_fingerprint(tr.cfg), tr.cfg.checkpoint.overwrite)
     tr.batches = infinite(tr.loader)
 
@@ -245,7 +251,8 @@ def run(cfg: Config, env: DistEnv) -> int:
     tr = setup(cfg, env)
     resume(tr)
     t = cfg.train
-    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, tr.step)
+    logger = MetricsLogger(cfg.checkpoint.dir, env.is_main, t.max_steps, tr.step, log_cfg=cfg.log,
+                           config=dataclasses.asdict(cfg))
     monitor = InLoopMonitor(cfg, env, tr.device, data_identity(cfg.data.path))
     preempt = PreemptionFlag()
     compile_watch = CompileWatch(compile_wanted(cfg.model.compile, tr.device))  # its cost shows in the next log line
@@ -303,7 +310,7 @@ def check_inputs(args: argparse.Namespace, world_size: int | None = None) -> Con
 
 def check_model_fits_data(cfg: Config, manifest) -> None:
     """The model's input size / channels / classes, where given, against the data's manifest."""
-    m, (channels, height, _width) = cfg.model, manifest.latent_shape
+    m, (channels, height) = cfg.model, manifest.latent_shape[:2]
     for key, mine, data in (("model.in_channels", m.in_channels, channels), ("model.input_size", m.input_size, height)):
         if mine is not None and mine != data:
             raise ConfigError(f"{key}={mine} does not match the data's latent shape {list(manifest.latent_shape)} "
@@ -316,12 +323,14 @@ def check_model_fits_data(cfg: Config, manifest) -> None:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    configure_threads()  # before any tensor work: see dtr_scale/threads.py
     checked: list[Config] = []
     code = run_cli(lambda: checked.append(check_inputs(args, read_dist_env().world_size)) or 0)
     if code:
         return code
     env = init_distributed()
     remember_process_group()
+    setup_run_logging(checked[0].checkpoint.dir, env.is_main)  # train.log; library chatter off the console
     try:
         # A user error after start-up (bad data met at step N, a refused checkpoint, a non-finite
         # run): one line from rank 0 and exit 2 on every rank; run_cli does not return from that
@@ -334,6 +343,7 @@ def main(argv=None) -> int:
         sys.stderr.flush()
         os._exit(1)
     shutdown()
+    close_run_logging()  # a later run in this process (tests, scripts) opens its own train.log
     return code
 
 
