@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -40,3 +41,12 @@ def full_runs(digits_shards, tmp_path_factory):
         train(digits_shards, run_dir, *flags, *STEPS)
         runs[name] = run_dir
     return runs
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """A training run installs the preemption handlers; give pytest its own back afterwards."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -4,7 +4,6 @@ multi-process robustness tests in test_engines.py)."""
 import json
 import math
 import os
-import signal
 import types
 
 import pytest
@@ -59,15 +58,6 @@ def test_nan_wrapper_poisons_only_its_step(monkeypatch):
     tr.step = 1
     loss, result = one_step(tr.engine)
     assert torch.isnan(loss) and not result.applied  # the engine's own skip logic caught it
-
-
-@pytest.fixture
-def keep_signal_handlers():
-    """`run` installs the preemption handlers; give pytest its own back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_loop_acts_on_fault_variables_only_through_install(digits_shards, tmp_path, monkeypatch,

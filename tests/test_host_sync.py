@@ -3,7 +3,6 @@ checkpoint or preemption-check steps run without `.item()`, `.cpu()`, `bool()`, 
 tensor (on a GPU each of those would stall the launch queue). On CUDA the same is checked by
 torch's own sync detector."""
 import os
-import signal
 import sys
 
 import pytest
@@ -21,15 +20,6 @@ def tiny_config(data_path, run_dir, *overrides):
     return load_config(os.path.join(REPO, "configs", "digits-tiny.yaml"),
                        [f"data.path={data_path}", f"checkpoint.dir={run_dir}", "train.global_batch_size=4",
                         "checkpoint.resume=none", *overrides])
-
-
-@pytest.fixture
-def keep_signal_handlers():
-    """`run` installs the preemption handlers; give pytest its own back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_hot_loop_makes_no_host_read(digits_shards, tmp_path, monkeypatch, keep_signal_handlers):

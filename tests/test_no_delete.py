@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 
 import pytest
 
@@ -72,15 +71,6 @@ def test_another_runs_config_is_kept(other_run, digits_shards, tmp_path, capsys)
     line = error_line(capsys.readouterr().err)
     assert str(run_dir / "config.yaml") in line and "sharing_ratio" in line and "checkpoint.overwrite=true" in line
     assert folder_digest(run_dir) == before
-
-
-@pytest.fixture
-def keep_signal_handlers():
-    """A training run installs the preemption handlers; give pytest its own back afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_overwrite_names_what_it_removes(other_run, digits_shards, tmp_path, caplog, keep_signal_handlers):
