@@ -77,6 +77,37 @@ def check_usable(root: str) -> None:
             os.remove(probe)
 
 
+def check_reachable(root: str) -> None:
+    """What `check_usable` checks, without creating or writing anything (the checks before any
+    process group, and launch/check_inputs.py at submit time); the same one-line messages."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise CheckpointRefused(f"checkpoint.dir {root} is a file, not a directory: choose another checkpoint.dir")
+    if os.path.isdir(root):
+        if not os.access(root, os.W_OK):
+            raise CheckpointRefused(f"checkpoint.dir {root} is not writable: {_why_not_writable(root)}; "
+                                    "choose a writable location for checkpoint.dir")
+        return
+    blocker = _first_non_directory(root)
+    if blocker is not None:
+        raise CheckpointRefused(f"checkpoint.dir {root} cannot be created: {blocker} is a file, not a "
+                                "directory; choose another checkpoint.dir")
+    parent = os.path.abspath(root)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise CheckpointRefused(f"checkpoint.dir {root} cannot be created: {_why_not_writable(parent)} "
+                                f"({parent}); choose a writable location for checkpoint.dir")
+
+
+def _why_not_writable(path: str) -> str:
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "Read-only file system"
+    except OSError:
+        pass
+    return "Permission denied"
+
+
 def _first_non_directory(path: str) -> str | None:
     """The nearest existing ancestor of `path` when it is not a directory (a file in the way)."""
     parent = os.path.abspath(path)

@@ -13,6 +13,10 @@ only (never dropped on rank 0):
   libraries that we cannot act on). Any other warning still reaches the console.
 
 Other ranks write no file; they drop the same chatter and keep their warnings.
+
+The file is opened only once the run has accepted its folder (`start_run_log_file`, called after
+the resume check has recorded the run's config): until then rank 0 holds the records in memory,
+so a run that refuses a folder holding another run's checkpoints leaves no file there.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import logging
 import os
 import re
 import warnings
+from logging.handlers import MemoryHandler
 from typing import Optional
 
 LOG_NAME = "train.log"
@@ -45,7 +50,7 @@ CHATTY_LOGGERS = {"DeepSpeed": logging.WARNING, "torch.utils.cpp_extension": log
 # logger name -> warnings of that logger that are expected on a CPU machine.
 HARMLESS_LOG_MESSAGES = {"DeepSpeed": r"Setting accelerator to CPU"}
 
-_state: dict = {"handler": None, "showwarning": None}
+_state: dict = {"handler": None, "run_dir": None, "showwarning": None}
 
 
 class _Divert(logging.Filter):
@@ -80,15 +85,14 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
 
 
 def setup_run_logging(run_dir: str, is_main: bool) -> Optional[logging.Logger]:
-    """Install the file and the filters (idempotent); returns the file-only logger on rank 0."""
+    """Install the filters and, on rank 0, a handler that holds records until the run folder is
+    accepted (idempotent); returns the file-only logger on rank 0."""
     close_run_logging()
     if is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(run_dir, LOG_NAME), encoding="utf-8")
-        handler.setLevel(logging.INFO)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        _state["handler"] = handler
-        logging.getLogger().addHandler(handler)
+        held = MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)  # flushed by hand only
+        held.setLevel(logging.INFO)
+        _state["handler"], _state["run_dir"] = held, run_dir
+        logging.getLogger().addHandler(held)
     for name, level in CHATTY_LOGGERS.items():
         chatty = logging.getLogger(name)
         if not any(isinstance(f, _Divert) for f in chatty.filters):
@@ -102,6 +106,25 @@ def setup_run_logging(run_dir: str, is_main: bool) -> Optional[logging.Logger]:
     file_log.setLevel(logging.INFO)
     file_log.addHandler(_state["handler"])
     return file_log
+
+
+def start_run_log_file() -> None:
+    """Rank 0, once the folder is this run's: write the held records to `train.log`, then log
+    straight to it."""
+    held = _state["handler"]
+    if not isinstance(held, MemoryHandler):
+        return
+    handler = logging.FileHandler(os.path.join(_state["run_dir"], LOG_NAME), encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    held.setTarget(handler)
+    held.flush()
+    for logger in (logging.getLogger(), logging.getLogger(FILE_LOGGER)):
+        if held in logger.handlers:
+            logger.removeHandler(held)
+            logger.addHandler(handler)
+    held.close()
+    _state["handler"] = handler
 
 
 def close_run_logging() -> None:

@@ -21,12 +21,12 @@ import torch
 from . import faults
 from .checkpoint import CheckpointManager, prepare_checkpoint_dir, rng_state, set_rng_state
 from .checkpoint_meta import fingerprint as run_fingerprint
+from .checkpoint_storage import check_reachable
 from .config import Config, ConfigError, load_config, to_yaml, validate
 from .data import GlobalLoader, LatentLoader, check_data_path
 from .errors import UserError, remember_process_group, run_cli
 from .export import data_identity
 from .in_loop import InLoopMonitor
-from .input_checks import writable_dir
 from .metrics import MetricsLogger, StepStats
 from .models import dit_train_flops
 from .objective import Objective, build_objective, dit_from_config
@@ -37,7 +37,7 @@ from .parallel.parallelize import CompileWatch, compile_wanted
 from .parallel.process_group import DistEnv, init_distributed, local_device, read_dist_env, shutdown
 from .preemption import REQUEUE_EXIT_CODE, PreemptionFlag, exit_now, ignore_preemption_signals
 from .randomness import rank_streams, training_inputs
-from .run_log import LOG_NAME, close_run_logging, setup_run_logging
+from .run_log import LOG_NAME, close_run_logging, setup_run_logging, start_run_log_file
 from .threads import configure_threads
 
 log = logging.getLogger("dtr_scale")
@@ -179,6 +179,8 @@ def resume(tr: Trainer) -> None:
         print(f"resolved config ({tr.env.world_size} rank(s), engine={tr.engine.name}): {config_path}; "
               f"log: {os.path.join(tr.cfg.checkpoint.dir, LOG_NAME)}", flush=True)
     tr.ckpt.record_config(tr.config_yaml, run_fingerprint(tr.cfg), tr.cfg.checkpoint.overwrite)
+    if tr.env.is_main:
+        start_run_log_file()  # the folder is this run's now: train.log may be written there
     tr.batches = infinite(tr.loader)
 
 
@@ -296,7 +298,7 @@ def check_inputs(args: argparse.Namespace, world_size: int | None = None) -> Con
                           "set parallel.engine=ddp, fsdp or deepspeed")
     manifest = check_data_path(cfg.data.path)
     check_model_fits_data(cfg, manifest)
-    writable_dir(cfg.checkpoint.dir, "checkpoint.dir")
+    check_reachable(cfg.checkpoint.dir)  # creating it and the test write wait for prepare_checkpoint_dir
     e = cfg.eval
     if e.every and e.ref and not os.path.exists(e.ref):
         raise ConfigError(f"eval.ref={e.ref}: reference not found; pass an ADM .npz, image .npz or folder, "

@@ -23,7 +23,7 @@ import yaml
 
 from dtr_scale import demo, evaluate, export, prep, sample, train
 from dtr_scale.data.global_order import EpochOrder
-from dtr_scale.data.manifest import sha256_file
+from dtr_scale.file_hash import file_sha256
 from launch_helpers import REPO, TINY_CONFIG, metrics, run_module
 
 pytestmark = [pytest.mark.timeout(600)]
@@ -89,7 +89,7 @@ def rewrite_shard(data, shard_name, change):
     def update(doc):
         for s in doc["shards"]:
             if s["name"] == shard_name:
-                s["bytes"], s["sha256"] = path.stat().st_size, sha256_file(path)
+                s["bytes"], s["sha256"] = path.stat().st_size, file_sha256(path)
     edit_manifest(data, update)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dtr_scale.errors import UserError
 from dtr_scale.evaluation.extractors import build_extractor
 from dtr_scale.evaluation.image_sources import NpzImages, open_images
 from dtr_scale.evaluation.pipeline import compute_metrics, extract, prepare_reference
@@ -61,7 +62,7 @@ def test_bad_npz_inputs_have_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="NHWC"):
         NpzImages(str(tmp_path / "nchw.npz"))
     np.savez(tmp_path / "k.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
-    with pytest.raises(KeyError, match="no 'arr_0' array.*images"):
+    with pytest.raises(UserError, match="no 'arr_0' array.*images"):
         NpzImages(str(tmp_path / "k.npz"))
 
 

@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from dtr_scale.run_log import FILE_LOGGER, LOG_NAME, close_run_logging, setup_run_logging
+from dtr_scale.run_log import FILE_LOGGER, LOG_NAME, close_run_logging, setup_run_logging, start_run_log_file
 
 
 @pytest.fixture
@@ -36,6 +36,9 @@ def test_chatter_goes_to_the_file_and_warnings_that_matter_to_the_console(tmp_pa
         ds.info("[INFO] [config.py:1] DeepSpeedEngine configuration: ...")
         ds.warning("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
         ds.warning("ZeRO stage 3 offload needs more memory")
+        # Held until the run accepts its folder: nothing is written there before that.
+        assert not (tmp_path / LOG_NAME).exists()
+        start_run_log_file()
         logging.getLogger("dtr_scale").warning("a warning of ours")
         warnings.warn("torch.cuda.amp.custom_fwd(args...) is deprecated", FutureWarning)
         warnings.warn("this one matters", UserWarning)
@@ -58,3 +61,13 @@ def test_other_ranks_write_no_file_and_drop_the_chatter(tmp_path, deepspeed_like
     ds.info("[INFO] chatter")
     close_run_logging()
     assert not (tmp_path / LOG_NAME).exists() and "chatter" not in ds_console.getvalue()
+
+
+def test_a_run_that_never_accepts_its_folder_writes_no_file(tmp_path, deepspeed_like_logger):
+    """A refused folder (another run's checkpoints) must be left as it was: no train.log."""
+    ds, _ = deepspeed_like_logger
+    setup_run_logging(str(tmp_path), is_main=True)
+    ds.info("[INFO] chatter")
+    logging.getLogger("dtr_scale").warning("refusing the folder")
+    close_run_logging()
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtr_scale.errors import UserError
 from dtr_scale.export import write_weights
 from dtr_scale.models import RoutingConfig, create_model
 from dtr_scale.models.pretrained import EXPORT_FORMAT
@@ -57,7 +58,7 @@ def test_missing_weights_path_names_the_fix(tmp_path):
 
 
 def test_directory_without_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="latest"):
+    with pytest.raises(UserError, match="latest"):
         load_sampling_model(str(tmp_path))
 
 
