@@ -180,7 +180,7 @@ def test_train_checkpoint_dir_is_a_file(capsys, digits_shards, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, err = cli(capsys, train.main, train_args(digits_shards, blocker))
-    last_error(code, err, f"checkpoint.dir {blocker}: exists and is not a directory")
+    last_error(code, err, f"checkpoint.dir {blocker} is a file, not a directory")
 
 
 def test_train_resume_path_missing(capsys, digits_shards, tmp_path):
