@@ -24,6 +24,9 @@ def flatten(obj, prefix=""):
     if isinstance(obj, dict):
         for k, v in obj.items():
             yield from flatten(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):  # param groups: a list of dicts of tensors
+        for i, v in enumerate(obj):
+            yield from flatten(v, f"{prefix}/{i}")
     else:
         yield prefix, obj
 
@@ -42,7 +45,7 @@ def main(ckpt, overrides):
     if env.rank == 0:
         target = os.path.join(tempfile.mkdtemp(), "saved.pt")
         dcp_to_torch_save(os.path.join(ckpt, "state"), target)
-        saved = dict(flatten(torch.load(target, weights_only=False)))
+        saved = dict(flatten(torch.load(target, weights_only=True)))  # tensors only: nothing pickled
         assert saved.keys() == mine.keys(), sorted(set(saved) ^ set(mine))
         for key, value in saved.items():
             if isinstance(value, torch.Tensor):
