@@ -61,8 +61,10 @@ METRIC_KEYS = ("loss", "grad_norm", "lr", "skipped_steps")  # deterministic ones
 
 
 def machine() -> dict:
+    from dtr_scale.threads import choose_threads  # the count every CLI sets (OMP_NUM_THREADS wins)
+
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+            "threads": choose_threads().threads}
 
 
 def tensor_record(t: torch.Tensor, head: bool = True) -> dict | str:
@@ -124,8 +126,11 @@ def train_run(name: str, data: str, root: str) -> tuple[dict, str]:
         raise RuntimeError(f"training run {name} exited {code}")
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    record = {"metrics": [{k: v for k, v in m.items() if k in METRIC_KEYS or k.startswith("loss_t")
-                           or k == "step"} for m in lines],
+    kept = [{k: v for k, v in m.items() if k in METRIC_KEYS or k.startswith("loss_t") or k == "step"}
+            for m in lines]
+    # Lines with none of the pinned numbers (the in-loop grid's file name, logged since W&B
+    # shows the grids) are not behaviour.
+    record = {"metrics": [m for m in kept if set(m) != {"step"}],
               "state": checkpoint_tensors(os.path.join(run_dir, f"step_{steps:09d}"), root)}
     grid = os.path.join(run_dir, "samples", f"step_{steps:09d}.png")
     if os.path.isfile(grid):
