@@ -44,7 +44,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .checkpoint_errors import CheckpointRefused
-from .checkpoint_storage import (check_usable, failure_cause, folder_bytes, needed_bytes, remove_leftovers,
+from .checkpoint_storage import (check_usable, folder_bytes, needed_bytes, remove_leftovers,
                                  save_failure, warn_if_short)
 from .errors import UserError
 from .checkpoint_meta import LAYOUT, STATE_DIR, check_fingerprint, engine_label, read_meta, verify_checkpoint_files
@@ -175,12 +175,9 @@ class CheckpointManager:
         return folder_bytes(latest) if latest else None
 
     def _raise_save_failure(self, final: str, tmp: str, error: BaseException | None) -> None:
-        if self.env.is_main:
-            raise save_failure(final, tmp, self.root, error or OSError("failed on another rank"),
-                               self._needed(), latest_checkpoint(self.root))
-        cause = "it failed on another rank" if error is None else failure_cause(error, self.root, self._needed())
-        raise CheckpointRefused(f"checkpoint save failed on rank {self.env.rank}: {final} could not be "
-                                f"written ({cause}); rank 0's message names the space needed and free")
+        # Rank 0 removes the partial folder; every rank describes the failure the same way.
+        raise save_failure(final, tmp, self.root, error or OSError("failed on another rank"),
+                           self._needed(), latest_checkpoint(self.root), remove=self.env.is_main)
 
     def _prune(self, keep_name: str) -> None:
         done = self.completed()

@@ -209,10 +209,12 @@ def failure_cause(exc: BaseException, root: str, needed: int | None) -> str:
 
 
 def save_failure(final: str, tmp: str, root: str, exc: BaseException, needed: int | None,
-                 latest: str | None) -> CheckpointRefused:
-    """Remove the partial `tmp` of a failed save (rank 0) and describe the failure in one line."""
+                 latest: str | None, remove: bool = True) -> CheckpointRefused:
+    """Remove the partial `tmp` of a failed save (rank 0; `remove`) and describe the failure in
+    one line. Every rank builds the same description: whichever rank's reaches the console first
+    (one line per run), it names the folder, the cause and the space needed and free."""
     cause = failure_cause(exc, root, needed)
-    if os.path.isdir(tmp):
+    if remove and os.path.isdir(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("removed %s, the partial checkpoint of the failed save", tmp)
     try:

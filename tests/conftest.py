@@ -43,9 +43,12 @@ def full_runs(digits_shards, tmp_path_factory):
     return runs
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def keep_signal_handlers():
-    """A training run installs the preemption handlers; give pytest its own back afterwards."""
+    """A training run installs the preemption handlers, and a finished one ignores both signals
+    (train.main); give pytest its own back after every test. An ignored signal is inherited by
+    every process a later test starts, and a shell cannot trap a signal ignored at its start, so
+    a leaked SIG_IGN would break the launcher tests that send USR1/TERM."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     yield
     for sig, handler in saved.items():
