@@ -39,9 +39,18 @@ def fake_env(slurm_dir, job_id: int | None = None, **extra: str) -> dict:
     return env
 
 
+def _default_signals() -> None:
+    """In the child before exec: TERM/USR1 as a batch shell gets them (default action). A pytest
+    process that ran train.main in-process ignores both, and an ignored signal is inherited and
+    cannot be trapped by a shell that starts with it ignored."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGUSR1})
+
+
 def start(cmd: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_default_signals)
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
