@@ -136,13 +136,14 @@ def engine_worker(args) -> None:
     dist.all_gather_object(gathered, mine)
     if env.rank == 0:
         write_json(args.result, {"engine": args.worker, "world_size": env.world_size, "ranks": gathered})
+    del engine  # freed before the group goes: see process_group.shutdown
     shutdown()
 
 
 def run_engine(args, name: str) -> dict:
     """One torchrun job for one engine; a failure or timeout is recorded, not fatal."""
-    # Rank 0 writes its result before tearing down; a crash in teardown (seen once with ZeRO-3:
-    # "terminate called without an active exception") does not void the measurements, but is kept.
+    # Rank 0 writes its result before tearing down, so a crash in teardown would not void the
+    # measurements; it is recorded all the same.
     data = run_torchrun(__file__, ["--worker", name, *worker_flags(args)], NPROC, args.timeout)
     return {"engine": name, **data} if "error" in data else data
 

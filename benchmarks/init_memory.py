@@ -82,6 +82,7 @@ def worker(args) -> None:
     if env.rank == 0:
         with open(args.result, "w") as f:
             json.dump({"ranks": rows}, f)
+    del engine  # freed before the group goes: see process_group.shutdown
     shutdown()
 
 

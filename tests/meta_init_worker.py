@@ -13,6 +13,11 @@ from dtr_scale.parallel.process_group import init_distributed, shutdown
 
 def main(engine_flags):
     env = init_distributed()
+    check(env, engine_flags)  # returns with every engine dropped: shutdown() frees them first
+    shutdown()
+
+
+def check(env, engine_flags):
     shape = ["model.input_size=16", "model.in_channels=1", "model.num_classes=10",
              "diffusion.loss_weighting=ant_uw", "train.global_batch_size=8"]
     cfg = load_config(None, shape + engine_flags + ["parallel.meta_init=true"])
@@ -41,7 +46,6 @@ def main(engine_flags):
     log_vars = log_vars.full_tensor() if isinstance(log_vars, DTensor) else log_vars
     assert torch.equal(log_vars, eager.weighting.log_vars.detach())
     assert torch.equal(after_eager, after_meta), "the global generator ended in another state"
-    shutdown()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ whichever launcher set up the environment, so the same command works under `torc
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -128,6 +129,13 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Tear the group down; called in a finally block so an error on one rank cannot hang exit."""
+    """Tear the group down; called in a finally block so an error on one rank cannot hang exit.
+
+    Collects garbage first. FSDP2 and DeepSpeed keep their process groups inside reference cycles
+    (module <-> hooks), so a finished engine would otherwise be freed only during interpreter
+    finalization, where gloo's teardown aborted the process ("terminate called without an active
+    exception", exit -6 after a successful run: 1 run in 9 of tests/meta_init_worker.py, 0 in 20
+    with the collection). Callers drop their engines before calling this."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
