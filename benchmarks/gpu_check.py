@@ -7,7 +7,8 @@ MFU, and the loader's rate against that consumption, all in one process and one 
 so that the whole check runs on a CPU in CI; the numbers are then only a proof that it runs.
 
 MFU = model FLOPs per step (`dit_train_flops`, 3 × forward matmul FLOPs) / step time / the device's
-peak dense bf16 FLOP/s (`--peak-tflops`, or the table below by device name).
+peak dense bf16 FLOP/s (`--peak-tflops`, or the table of dtr_scale/mfu.py by device name, the one
+training's `mfu` metric uses).
 """
 from __future__ import annotations
 
@@ -24,29 +25,27 @@ from dtr_scale.config import load_config
 from dtr_scale.data import LatentLoader
 from dtr_scale.data.shard_format import MOMENTS_FIELD
 from dtr_scale.data.synthetic import write_synthetic_shards
+from dtr_scale.mfu import device_entry, matmul_precision, peak_flops
 from dtr_scale.models import dit_train_flops
 from dtr_scale.models.attention import HAS_XFORMERS, attend
 from dtr_scale.parallel.parallelize import CompileWatch
 from dtr_scale.parallel.process_group import DistEnv
 from dtr_scale.train import build_training
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), TFLOP/s.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
-                    "H100 NVL": 835.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
 FULL = {"model": "DiT-XL/2", "batch": 32, "input_size": 32, "channels": 4, "steps": 10, "warmup": 3}
 SMOKE = {"model": "DiT-T/2", "batch": 4, "input_size": 8, "channels": 4, "steps": 2, "warmup": 1}
 
 
-def peak_flops(device: torch.device, override: float | None) -> float | None:
+def run_peak(device: torch.device, override: float | None) -> tuple[float | None, str]:
+    """The peak MFU divides by (the training module's table, dtr_scale/mfu.py), and where it came from."""
+    precision = "bf16" if device.type == "cuda" else "fp32"  # what `training_rate` trains in
+    peak = peak_flops(device, precision, override)
     if override:
-        return override * 1e12
-    if device.type != "cuda":
-        return None
+        return peak, f"--peak-tflops {override}"
+    if peak is None:
+        return None, "no table entry (CPU or unknown device): pass --peak-tflops"
     name = torch.cuda.get_device_name(device)
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
-    return None
+    return peak, f"{device_entry(name)} dense {matmul_precision(precision)} (device {name!r})"
 
 
 def sync(device: torch.device) -> None:
@@ -162,7 +161,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: proves every piece runs (CPU CI)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak dense bf16 TFLOP/s for MFU")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak dense TFLOP/s for MFU (default: the table in dtr_scale/mfu.py)")
     p.add_argument("--loader-workers", type=int, default=4)
     p.add_argument("--tests-junit", default=None, help="JUnit XML of the GPU-marked tests (gpu_check.sh)")
     p.add_argument("--out", default=str(RESULTS_DIR / "gpu.json"))
@@ -170,7 +169,7 @@ def main() -> None:
     device = torch.device(args.device)
     shape = SMOKE if args.smoke else FULL
     backend = "aot_eager" if args.smoke else "inductor"
-    peak = peak_flops(device, args.peak_tflops)
+    peak, peak_source = run_peak(device, args.peak_tflops)
     info = machine_info()
 
     attn = attention_times(device, shape, reps=3 if args.smoke else 20)
@@ -188,6 +187,7 @@ def main() -> None:
 
     print(f"\n{shape['model']} + DTR (β=0.8), batch {shape['batch']} per device, {device} "
           f"({info.get('gpu', info['cpu'])}){'  [SMOKE: sizes shrunk, numbers meaningless]' if args.smoke else ''}")
+    print(f"MFU peak: {peak_source}")
     if tests is not None:
         for name, outcome in tests.items():
             print(f"  test {name}: {outcome}")
@@ -200,7 +200,7 @@ def main() -> None:
               f"{r['tflops']:8.3f} {mfu:>7s} {r.get('compile_s', '-')!s:>9s}")
     print(f"loader ({workers} workers): {loader:.1f} samples/s = {loader / best:.1f}x the fastest training rate")
     result = {"benchmark": "gpu_check", "command": command_line(), "machine": info, "smoke": args.smoke,
-              "device": str(device), "shape": shape, "peak_bf16_flops": peak, "compile_backend": backend,
+              "device": str(device), "shape": shape, "peak_flops": peak, "peak_source": peak_source, "compile_backend": backend,
               "gpu_tests": tests, "attention": attn, "training": train,
               "loader": {"workers": workers, "samples_per_s": round(loader, 1),
                          "ratio_to_fastest_training": round(loader / best, 2)},

@@ -85,6 +85,7 @@ class TrainSection:
     max_consecutive_nonfinite: int = 10
     preempt_check_every: int = 10  # steps between the (collective) checks of the preemption flag
     sample_every: int = 0  # in-loop sample grids (PNG); 0 = off
+    peak_tflops: Optional[float] = None  # device peak for the `mfu` metric; None = the table in mfu.py
 
 
 @dataclass
@@ -188,6 +189,8 @@ RANGES = {
     "train.max_consecutive_nonfinite": (lambda v: v >= 1, ">= 1"),
     "train.preempt_check_every": (lambda v: v >= 1, ">= 1"),
     "train.sample_every": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.peak_tflops": (lambda v: v is None or _finite(0.0, lo_open=True)(v),
+                          "a finite number > 0 (the device's dense peak TFLOP/s), or null for the built-in table"),
     "checkpoint.every": (lambda v: v >= 1, ">= 1"),
     "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
     "data.num_workers": (lambda v: v >= 0, ">= 0"),

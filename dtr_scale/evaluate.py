@@ -6,7 +6,10 @@
 Works alone, under `torchrun --nproc_per_node=N`, `deepspeed --module` and `srun`: every rank
 extracts features for its contiguous block of images, statistics are all-reduced, P/R distance
 blocks are divided among ranks, and rank 0 writes the JSON report (atomically) and prints one
-summary line. Definitions follow the ADM evaluator (guided-diffusion evaluations/evaluator.py);
+summary line. The report's `protocol` joins the samples' sidecar (`samples.protocol.json`, written
+by `python -m dtr_scale.sample`: sampler, NFE, guidance, labels, weights) with the evaluation's
+reference, extractor and code version (see dtr_scale/protocol.py); without a sidecar the sampling
+fields read "unknown". Definitions follow the ADM evaluator (guided-diffusion evaluations/evaluator.py);
 see dtr_scale/evaluation/*.py for the details and the few documented differences.
 """
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 
 from dtr_scale.evaluation.extractors import build_extractor
 from dtr_scale.atomic import atomic_write_json
+from dtr_scale.code_version import code_version
+from dtr_scale import protocol
 from dtr_scale.errors import remember_process_group, run_cli
 from dtr_scale.input_checks import at_least, existing, writable_file
 from dtr_scale.evaluation.image_sources import open_images
@@ -55,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pr-block", type=int, default=DEFAULT_BLOCK, help="rows/columns per distance block")
     p.add_argument("--pr-dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--no-pr", action="store_true", help="skip precision/recall")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed, recorded in the report")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed, recorded in the report (default: the samples' protocol sidecar's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: this rank's GPU if any)")
     return p.parse_args(argv)
 
@@ -90,10 +96,6 @@ def check_pixel_shapes(samples: str, ref: str) -> None:
     check_same_images(open_images(samples).shape[1:], open_images(ref).shape[1:], samples, ref)
 
 
-def _fmt(value, spec=".4f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def run(args: argparse.Namespace) -> dict:
     for flag, path in (("--samples", args.samples), ("--ref", args.ref)):
         if not os.path.exists(path):  # before any rank spends time on extraction
@@ -110,8 +112,14 @@ def run(args: argparse.Namespace) -> dict:
     ref = prepare_reference(args.ref, extractor, args.batch_size, cache_dir, want_features=want_pr)
     metrics = compute_metrics(samples, ref, pr_k=args.pr_k, pr_block=args.pr_block,
                               pr_dtype=getattr(torch, args.pr_dtype))
+    sample_half = protocol.read_sample_protocol(args.samples)
+    if args.seed is not None and sample_half["seed"] == protocol.UNKNOWN:
+        sample_half["seed"] = args.seed
     return {
         "metrics": metrics,
+        "protocol": protocol.join(sample_half, evaluated=samples.count, ref_path=args.ref,
+                                  ref_sha256=ref.info.get("sha256"), extractor_identity=extractor.identity,
+                                  code={"evaluate": code_version()}),
         "counts": {
             "samples": samples.count,
             "reference_images": None if ref.features is None else int(ref.features.shape[0]),
@@ -129,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
             "is_split_size": args.is_split_size, "pr_k": args.pr_k, "pr_block": args.pr_block,
             "pr_dtype": args.pr_dtype, "batch_size": args.batch_size, "device": str(device),
         },
-        "seed": args.seed,
+        "seed": args.seed if args.seed is not None else sample_half["seed"],
         "world_size": env.world_size,
         "launcher": env.launcher,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -150,14 +158,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
         if rank == 0:
             atomic_write_json(args.out, report)
-            m = report["metrics"]
-            print(
-                f"FID {_fmt(m['fid'])}  sFID {_fmt(m['sfid'])}  IS {_fmt(m['inception_score'], '.3f')}  "
-                f"precision {_fmt(m['precision'])}  recall {_fmt(m['recall'])}  | "
-                f"{report['counts']['samples']} samples, {report['extractor']['name']}, "
-                f"{report['world_size']} rank(s), {report['samples']['images_per_second']:.1f} img/s → {args.out}",
-                flush=True,
-            )
+            print(f"{protocol.summary_line(report['metrics'], report['protocol'])} | "
+                  f"{report['extractor']['name']}, {report['world_size']} rank(s), "
+                  f"{report['samples']['images_per_second']:.1f} img/s → {args.out}", flush=True)
     finally:
         shutdown()
     return 0

@@ -6,7 +6,9 @@ ranks sample `eval.num_samples` images together (each its contiguous block of in
 depends only on (seed, i)), extract features, all-reduce the statistics and log the Fréchet
 distance to the reference (`eval.ref`, default: the training shards in pixel mode) as `eval_fd`
 (FID with the inception extractor). The objective builds the sampler from `eval.sampling_steps`
-(DDPM respaced; flow: an Euler ODE over that many steps).
+(DDPM respaced; flow: an Euler ODE over that many steps). The record carries its protocol
+(`eval_protocol`, dtr_scale/protocol.py): samples, sampler, measured NFE, guidance, labels
+(uniform), the EMA's step and state sha256, reference and extractor hashes, seed, code version.
 
 The consolidated EMA comes from `engine.export_ema()` (collective; rank 0 gets it) and is
 broadcast into an eval copy of the DiT on every rank, so this works under every engine.
@@ -23,7 +25,9 @@ import torch.distributed as dist
 
 from .evaluation.collectives import rank_slice
 from .evaluation.extractors import build_extractor
+from .code_version import code_version
 from .evaluation.pipeline import compute_metrics, extract, prepare_reference
+from . import protocol
 from .models import load_pretrained
 from .objective import dit_from_config, objective_class
 from .sampling import generate, make_decoder, save_grid
@@ -66,9 +70,10 @@ class InLoopMonitor:
             for tensor in list(self.model.parameters()) + list(self.model.buffers()):
                 dist.broadcast(tensor.data, src=0)
 
-    def _sample(self, indices, labels):
+    def _sample(self, indices, labels, counts=None):
         return generate(self.model, self.diffusion, indices, seed=self.cfg.train.seed, labels=labels,
-                        cfg_scale=self.cfg.eval.cfg_scale, batch_size=64, decoder=self.decoder, device=self.device)
+                        cfg_scale=self.cfg.eval.cfg_scale, batch_size=64, decoder=self.decoder, device=self.device,
+                        counts=counts)
 
     def maybe_run(self, step: int, engine) -> dict:
         if not self.enabled:
@@ -89,7 +94,7 @@ class InLoopMonitor:
             metrics["sample_grid"] = path  # the metrics logger hands it to W&B
         if eval_due:
             tic = self._announce(f"evaluation ({self.cfg.eval.num_samples} samples, {self.cfg.eval.extractor})", step)
-            metrics.update(self._evaluate())
+            metrics.update(self._evaluate(step))
             if self.env.rank == 0:
                 log.info("in-loop: evaluation done in %.1f s: eval_fd=%.4g", time.perf_counter() - tic,
                          metrics["eval_fd"])
@@ -103,7 +108,7 @@ class InLoopMonitor:
                      "ddim50, is faster)", what, step, steps, steps)
         return time.perf_counter()
 
-    def _evaluate(self) -> dict:
+    def _evaluate(self, step: int) -> dict:
         e = self.cfg.eval
         if self.extractor is None:
             self.extractor = build_extractor(e.extractor, self.device, e.inception_weights)
@@ -112,7 +117,26 @@ class InLoopMonitor:
             self.reference = prepare_reference(ref_path, self.extractor, cache_dir=cache, want_features=False)
         n = e.num_samples
         start, stop = rank_slice(n, self.env.rank, self.env.world_size)
-        images, _ = self._sample(range(start, stop), "uniform")
+        counts = {}
+        images, _ = self._sample(range(start, stop), "uniform", counts)
         result = extract(_RankBlock(images, start, n), self.extractor, moments=True, features=False, desc="in-loop eval")
         metrics = compute_metrics(result, self.reference)
-        return {"eval_fd": metrics["fid"]}
+        out = {"eval_fd": metrics["fid"]}
+        if self.env.rank == 0:  # the one that logs
+            out["eval_protocol"] = self._protocol(step, n, counts)
+        return out
+
+    def _protocol(self, step: int, n: int, counts: dict) -> dict:
+        e = self.cfg.eval
+        half = {
+            "num_samples": n, "objective": self.cfg.diffusion.objective,
+            **objective_class(self.cfg.diffusion.objective).eval_sampler_protocol(self.cfg),  # sampler, steps, label
+            "nfe": protocol.nfe_per_sample(counts), "cfg_scale": e.cfg_scale, "cfg_channels": None,
+            "guidance_interval": [0.0, 1.0], "labels": "uniform", "num_classes": self.model.num_classes,
+            "seed": self.cfg.train.seed, "precision": "fp32", "vae": self.decoder.name,
+            "weights": {"path": None, "sha256": protocol.state_sha256(self.model.state_dict()),
+                        "sha256_of": "ema state (in-loop copy)", "step": step, "ema": True},
+        }
+        return protocol.join(half, evaluated=n, ref_path=e.ref or self.cfg.data.path,
+                             ref_sha256=self.reference.info.get("sha256"),
+                             extractor_identity=self.extractor.identity, code={"train": code_version()})

@@ -50,8 +50,9 @@ def format_log_line(step: int, total: int, elapsed: float, eta: Optional[float],
     head = f"step {step}/{total} ({pct:.0f}%) elapsed {format_duration(elapsed)} eta {format_duration(eta)}"
     if isinstance(metrics.get("img_per_s"), (int, float)):
         head += f" {metrics['img_per_s']:.0f} img/s"
+    # Nested records (an evaluation's protocol) stay in metrics.jsonl: a line is for numbers.
     rest = " ".join(f"{k}={_value(v)}" for k, v in metrics.items()
-                    if k not in _HEAD_KEYS and not k.startswith("loss_t"))
+                    if k not in _HEAD_KEYS and not k.startswith("loss_t") and not isinstance(v, (dict, list)))
     return f"{head} {rest}".rstrip()
 
 

@@ -9,7 +9,9 @@ Works alone and under `torchrun --nproc_per_node=N`, `deepspeed --module` and `s
             the network and, for SiT, `objective=flow`).
 --out DIR   receives shards/shard-XXXXXX.npz (per-shard uint8 images, labels, indices),
             sample_config.json (what the run was; a resume must match it), samples.npz
-            (arr_0: (N, H, W, C) uint8 in index order, ADM's layout; arr_1: (N,) int64 labels)
+            (arr_0: (N, H, W, C) uint8 in index order, ADM's layout; arr_1: (N,) int64 labels),
+            samples.protocol.json (what `evaluate` reports with its numbers: options, measured NFE,
+            the weights' sha256 and step, code version; dtr_scale/protocol.py)
             and, with png=true, png/000000.png ... one per index.
 
 Options (key=value; `--help` lists them with defaults): num_samples, seed, sampler=ddpm|ddim,

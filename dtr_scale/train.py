@@ -28,6 +28,7 @@ from .errors import UserError, remember_process_group, run_cli
 from .export import data_identity
 from .in_loop import InLoopMonitor
 from .metrics import MetricsLogger, StepStats
+from .mfu import mfu, peak_flops
 from .models import dit_train_flops
 from .objective import Objective, build_objective, dit_from_config
 from .parallel.engine import Engine
@@ -126,6 +127,7 @@ class Trainer:
     ckpt: CheckpointManager
     config_yaml: str
     flops_per_step: float
+    peak_flops: Optional[float]  # this rank's device peak at the run's precision; None = no `mfu`
     stats: StepStats  # the log window's sums and the skipped-step counters, on the device
     batches: Optional[Iterator] = None  # set by `resume`, after the loader position is restored
     step: int = 0  # optimizer steps done (= the 0-based index of the step in progress)
@@ -151,6 +153,7 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env)
     trainer = Trainer(cfg, env, device, loader, objective, engine, gen_t, gen_noise, ckpt, config_yaml,
                       flops_per_step=dit_train_flops(objective.dit, local_batch * t.grad_accum),
+                      peak_flops=peak_flops(device, t.precision, t.peak_tflops),
                       stats=StepStats(device, NUM_LOG_CLUSTERS))
     faults.install(trainer)  # robustness tests only: a no-op unless their variables are set
     return trainer
@@ -231,6 +234,7 @@ def window_metrics(tr: Trainer) -> dict:
         "lr": t.lr * lr_factor(tr.step - 1, t.warmup_steps),
         "img_per_s": t.global_batch_size / w.seconds_per_step,
         "tflops_per_rank": tr.flops_per_step / w.seconds_per_step / 1e12,
+        **mfu(tr.flops_per_step, w.seconds_per_step, tr.peak_flops),
         "ema_frac": w.ema_fraction,
         "skipped_steps": w.skipped_total,
         "data_errors": w.data_errors,

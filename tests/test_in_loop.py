@@ -19,8 +19,18 @@ def check_run(run_dir):
     # 10 classes -> 10 rows of 8 samples (16×16 upscaled ×4 plus padding)
     assert img.shape[0] > img.shape[1] > 8 * 64
     assert os.path.isfile(os.path.join(run_dir, "samples", "step_000000002.png"))
-    fds = [m["eval_fd"] for m in metrics(run_dir) if "eval_fd" in m]
+    records = [m for m in metrics(run_dir) if "eval_fd" in m]
+    fds = [m["eval_fd"] for m in records]
     assert len(fds) == 1 and math.isfinite(fds[0]) and fds[0] > 0
+    assert all("mfu" not in m for m in metrics(run_dir))  # CPU without train.peak_tflops: no MFU
+    p = records[0]["eval_protocol"]  # the FID record carries what produced it
+    assert (p["num_samples"], p["evaluated_samples"], p["cfg_scale"], p["labels"]) == (40, 40, 1.5, "uniform")
+    flow = p["objective"] == "flow"
+    assert (p["sampler"], p["steps"], p["nfe"]) == (("ode euler", 4, 4) if flow else ("ddpm", "ddim4", 4))
+    assert p["weights"]["step"] == 4 and p["weights"]["ema"] is True and len(p["weights"]["sha256"]) == 64
+    assert p["reference"]["name"].startswith("digits")  # the training shards (tmp folder digitsN)
+    assert len(p["reference"]["sha256"]) == 64 and p["extractor"] == {"name": "pixels", "weights_sha256": None}
+    assert p["seed"] == 0 and p["code"]["train"]["package"]
     return fds[0]
 
 

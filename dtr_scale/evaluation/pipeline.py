@@ -98,13 +98,14 @@ def prepare_reference(path: str, extractor, batch_size: int = 64, cache_dir: str
                                 "an .npz of images, a folder of images or a prep output folder)")
     rank, _ = world()
     cache_path = None
+    # One rank hashes the (possibly GB-sized) reference; the others get its answer. The hash keys
+    # the cache and names the reference in every report's protocol.
+    fingerprint = broadcast_object(reference_fingerprint(path) if rank == 0 else None)
     if cache_dir:
-        # One rank hashes the (possibly GB-sized) reference; the others get its answer.
-        fingerprint = broadcast_object(reference_fingerprint(path) if rank == 0 else None)
         cache_path = cache_file(cache_dir, fingerprint, extractor.identity)
         cached = load_reference_cache(cache_path)
         if cached is not None and (cached.features is not None or not want_features):
-            cached.info = {**cached.info, "cache": cache_path, "cache_hit": True}
+            cached.info = {**cached.info, "cache": cache_path, "cache_hit": True, "sha256": fingerprint}
             return cached
 
     adm = read_adm_statistics(path)
@@ -137,7 +138,7 @@ def prepare_reference(path: str, extractor, batch_size: int = 64, cache_dir: str
         ref.info["seconds"] = ext.seconds
     if cache_path is not None and rank == 0:
         save_reference_cache(cache_path, ref)
-    ref.info = {**ref.info, "cache": cache_path, "cache_hit": False}
+    ref.info = {**ref.info, "cache": cache_path, "cache_hit": False, "sha256": fingerprint}
     return ref
 
 

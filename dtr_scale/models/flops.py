@@ -1,7 +1,20 @@
-"""Analytic FLOP counts of the DiT forward pass, for TFLOP/s logging and the benchmarks.
+"""Analytic FLOP counts of the DiT forward pass, for TFLOP/s and MFU logging and the benchmarks.
 
-Counts multiply-adds as 2 FLOPs in the matmuls (linear layers, attention scores and values);
-elementwise work is ignored, so this is the "model FLOPs" convention (training = 3x forward).
+Counts multiply-adds as 2 FLOPs in the matmuls (linear layers, the patch conv, attention scores
+and values); elementwise work (norms, modulation, softmax, GELU, the routing masks) is ignored,
+so this is the "model FLOPs" convention of MFU. With N samples, L = (input_size / p)² tokens,
+width C, depth D, MLP width M (4C in every DiT size), p²·c_in / p²·c_out values per patch in /
+out and F = 256 timestep frequencies:
+
+    block   = 2L(3C² + C² + 2CM)   qkv, proj, fc1 + fc2
+            + 4L²C                  QKᵀ and (softmax)·V, all heads together (H · L² · C/H each)
+            + 12C²                  adaLN modulation, once per sample
+    forward = N · (D · block + 2L·p²c_in·C + 2(F·C + C²) + 2L·C·p²c_out + 4C²)
+    train   = 3 · forward           backward = 2 × forward; activation recomputation not counted
+
+DTR routing changes none of it: a routed block multiplies its input by a channel mask, but the
+matmuls still run over all C channels (LayerNorm makes the masked-out inputs non-zero again), so
+the dense work is the plain DiT's. The label embedding is a table lookup (no FLOPs).
 """
 from __future__ import annotations
 
@@ -10,11 +23,12 @@ from .dit import DiT
 
 def dit_forward_flops(model: DiT, batch_size: int) -> int:
     C, L, D = model.hidden_size, model.x_embedder.num_patches, model.depth
+    M = model.blocks[0].mlp.fc1.out_features if D else 4 * C  # int(C · mlp_ratio)
     p2c = model.patch_size**2
-    per_block_tokens = 2 * L * (C * 3 * C + C * C + 2 * C * 4 * C)  # qkv, proj, fc1 + fc2
+    per_block_tokens = 2 * L * (C * 3 * C + C * C + 2 * C * M)  # qkv, proj, fc1 + fc2
     per_block_attn = 2 * 2 * L * L * C  # QKᵀ and (scores)V
     per_block_cond = 2 * C * 6 * C  # adaLN modulation (once per sample)
-    embed = 2 * L * p2c * model.in_channels * C + 2 * (256 * C + C * C)
+    embed = 2 * L * p2c * model.in_channels * C + 2 * (model.t_embedder.frequency_embedding_size * C + C * C)
     final = 2 * L * C * p2c * model.out_channels + 2 * C * 2 * C
     return batch_size * (D * (per_block_tokens + per_block_attn + per_block_cond) + embed + final)
 

@@ -104,6 +104,17 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def sampler_protocol(cls, opts) -> dict:
+        """How the sampler CLI's options name this objective's sampler in a report's protocol:
+        `sampler`, `steps`, and `label`, the summary line's name before the NFE (protocol.py)."""
+        raise NotImplementedError
+
+    @classmethod
+    def eval_sampler_protocol(cls, cfg) -> dict:
+        """The same for `eval_sampler(cfg)` (in-loop evaluation)."""
+        raise NotImplementedError
+
+    @classmethod
     def foreign_option(cls, owner: str) -> str:
         """What is allowed for a sampler option of objective `owner` with this one's weights."""
         return f"unset unless objective={owner} (the weights are a {cls.title} model)"

@@ -100,3 +100,12 @@ class DDPMObjective(Objective):
         schedule = meta.get("diffusion") or {}
         return create_diffusion(opts.resolved_steps(), noise_schedule=schedule.get("schedule", "linear"),
                                 learn_sigma=model.learn_sigma, diffusion_steps=int(schedule.get("steps", 1000)))
+
+    @classmethod
+    def sampler_protocol(cls, opts) -> dict:
+        return {"sampler": opts.sampler, "steps": opts.resolved_steps(), "label": opts.sampler.upper()}
+
+    @classmethod
+    def eval_sampler_protocol(cls, cfg) -> dict:
+        # In-loop sampling is ancestral (generate's default) over the respaced steps.
+        return {"sampler": "ddpm", "steps": cfg.eval.sampling_steps, "label": "DDPM"}

@@ -101,6 +101,18 @@ class FlowObjective(Objective):
         return FlowSolver(transport_from_section(cfg.diffusion.flow), "ode", "euler", steps + 1)
 
     @classmethod
+    def sampler_protocol(cls, opts) -> dict:
+        method = opts.ode_method if opts.flow_sampler == "ode" else opts.sde_method
+        sampler = f"{opts.flow_sampler} {method}"
+        return {"sampler": sampler, "steps": opts.num_steps, "label": f"flow {sampler} NFE"}
+
+    @classmethod
+    def eval_sampler_protocol(cls, cfg) -> dict:
+        solver = cls.eval_sampler(cfg)
+        return {"sampler": f"{solver.kind} {solver.method}", "steps": solver.num_steps - 1,
+                "label": f"flow {solver.kind} {solver.method} NFE"}
+
+    @classmethod
     def foreign_option(cls, owner: str) -> str:
         return "unset with objective=flow (use flow_sampler, ode_method / sde_method, num_steps)"
 

@@ -77,12 +77,14 @@ def generate(model, diffusion, indices: Sequence[int], *, seed: int,
              precision: str = "fp32", batch_size: int | None = None,
              decoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
              device: torch.device | None = None, guidance_interval: tuple[float, float] = (0.0, 1.0),
-             on_batch: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             on_batch: Callable[[int], None] | None = None,
+             counts: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (n, H, W, C) and int64 labels (n,) for `indices`, in that order.
 
     `decoder` maps latents to [-1, 1] images (default: pixel mode). `batch_size` bounds the model
     batch (the guided model call is twice that). `on_batch(n)` is called after each batch (a
-    progress bar hook). The model's train/eval mode is restored afterwards.
+    progress bar hook). `counts`, if given, gets `batches` and `denoiser_calls` added to (the
+    protocol's NFE: calls per batch). The model's train/eval mode is restored afterwards.
     """
     indices = [int(i) for i in indices]
     batch_size = batch_size or len(indices) or 1
@@ -102,6 +104,10 @@ def generate(model, diffusion, indices: Sequence[int], *, seed: int,
             chunk_labels = labels if explicit is None else explicit[done:done + len(chunk)]
             z, y = sample_latents(model, diffusion, chunk, seed=seed, labels=chunk_labels, sampler=sampler,
                                   eta=eta, device=device, denoiser=denoiser)
+            if counts is not None:
+                counts["batches"] = counts.get("batches", 0) + 1
+                counts["denoiser_calls"] = counts.get("denoiser_calls", 0) + denoiser.calls
+                denoiser.calls = 0
             images.append(to_uint8(decoder(z)))
             out_labels.append(y.numpy())
             done += len(chunk)

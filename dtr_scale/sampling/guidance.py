@@ -54,6 +54,7 @@ class GuidedDenoiser:
         self.interval = (float(low), float(high))
         self.null_label = model.num_classes if null_label is None else null_label
         self.device = next(model.parameters()).device
+        self.calls = 0  # sampler steps that called the network (the protocol's NFE, see protocol.py)
         autocast_context(precision, self.device)  # validate now, not at the first step
 
     @property
@@ -62,6 +63,7 @@ class GuidedDenoiser:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         with autocast_context(self.precision, x.device):
             inside = self._inside(t)
             if not self.guided or not bool(inside.any()):  # scale 1 (or outside): the conditional output

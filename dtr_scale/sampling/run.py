@@ -2,7 +2,9 @@
 
 Every rank loads the weights, makes its shards (j % world_size == rank) that are not on disk
 yet, and meets the others once (an all-reduce of counts, which is also the barrier). Then rank 0
-alone streams the shards into `samples.npz` while the other ranks exit.
+alone streams the shards into `samples.npz`, writes the sampling protocol beside it
+(`samples.protocol.json`, dtr_scale/protocol.py: options, measured NFE, weights' sha256 and step,
+code version) while the other ranks exit.
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ from dtr_scale.errors import UserError
 from dtr_scale.objective import objective_class
 from dtr_scale.parallel.parallelize import apply_compile, compile_wanted
 from dtr_scale.parallel.process_group import init_distributed, local_device, shutdown
+from dtr_scale.protocol import nfe_per_sample, read_sample_protocol, write_sample_protocol
 
 from .assemble import assemble_samples
 from .decode import make_decoder
 from .generate import generate
 from .grid import save_pngs
 from .options import SampleOptions
+from .protocol import sample_protocol
 from .shards import ShardPlan, remove_stale_temp, shard_path, write_shard
 from .weights import load_sampling_model, weights_identity
 
@@ -83,7 +87,8 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         if opts.max_shards_this_run:
             todo = todo[: opts.max_shards_this_run]
         summary = _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, device)
-        new_images, seconds = _sum_over_ranks([summary["new_images"], summary["seconds"]], device)
+        new_images, seconds, batches, calls = _sum_over_ranks(
+            [summary["new_images"], summary["seconds"], summary["batches"], summary["denoiser_calls"]], device)
         summary.update(new_images_all_ranks=int(new_images), rank_seconds=seconds, world_size=env.world_size)
         if not env.is_main:
             return summary  # the others are done: rank 0 assembles alone
@@ -97,6 +102,11 @@ def run_sampling(weights: str, out_dir: str, opts: SampleOptions) -> dict:
         if new_images or not os.path.isfile(final):
             assemble_samples(out_dir, plan, SAMPLES_NAME)
         summary["samples"] = final
+        # Every shard made by earlier runs: their measured NFE, from the sidecar they wrote.
+        nfe = nfe_per_sample({"batches": batches, "denoiser_calls": calls}) if batches else \
+            read_sample_protocol(final).get("nfe")
+        summary["protocol"] = write_sample_protocol(
+            final, sample_protocol(opts, meta, weights, model, decoder.name, nfe))
         rate = new_images / max(summary["seconds"], 1e-9)
         print(f"sample: {plan.num_samples} images in {final} (arr_0 NHWC uint8, arr_1 labels); "
               f"{int(new_images)} new this run on {env.world_size} rank(s) in {summary['seconds']:.1f} s "
@@ -114,6 +124,7 @@ def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, devi
 
         bar = tqdm(total=total, unit="img", desc=f"sampling (rank 0 of {env.world_size})", dynamic_ncols=True)
     start = time.perf_counter()
+    counts = {"batches": 0, "denoiser_calls": 0}
     try:
         for j in todo:
             remove_stale_temp(out_dir, j)
@@ -123,7 +134,7 @@ def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, devi
                 cfg_channels=opts.cfg_channels, sampler=opts.sampler, eta=opts.eta, precision=opts.precision,
                 batch_size=opts.batch_size, decoder=decoder, device=device,
                 guidance_interval=opts.guidance_interval(),
-                on_batch=bar.update if bar is not None else None)
+                on_batch=bar.update if bar is not None else None, counts=counts)
             if opts.png:  # before the shard: a finished shard implies its PNGs exist
                 save_pngs(images, indices, os.path.join(out_dir, "png"))
             write_shard(shard_path(out_dir, j), images, labels, indices)
@@ -131,4 +142,4 @@ def _make_shards(model, diffusion, decoder, plan, todo, out_dir, opts, env, devi
         if bar is not None:
             bar.close()
     return {"rank": env.rank, "new_shards": len(todo), "new_images": total,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, **counts}
