@@ -5,8 +5,8 @@ was measured once against its repository, outside the tests: see the README.)"""
 import pytest
 import torch
 
-from dtr_scale.config import ConfigError, load_config, validate
 from dtr_scale.checkpoint_meta import fingerprint
+from dtr_scale.config import ConfigError, load_config, validate
 from dtr_scale.export import write_weights
 from dtr_scale.models import DiT, RoutingConfig, create_model, dit_forward_flops, dtr_mask_table, load_weights
 from dtr_scale.models.attention import HAS_XFORMERS
@@ -22,7 +22,7 @@ ALL = BlockOptions(qk_norm=True, norm="rmsnorm", mlp="swiglu", pos_embed="rope2d
 ONE_EACH = {"qk_norm": BlockOptions(qk_norm=True), "rmsnorm": BlockOptions(norm="rmsnorm"),
             "swiglu": BlockOptions(mlp="swiglu"), "rope2d": BlockOptions(pos_embed="rope2d"),
             "qk_norm+rmsnorm": BlockOptions(qk_norm=True, norm="rmsnorm")}
-TINY = dict(input_size=8, in_channels=4, num_classes=10)
+TINY = {"input_size": 8, "in_channels": 4, "num_classes": 10}
 
 
 def randomized(model, seed=0):

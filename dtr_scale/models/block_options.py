@@ -58,6 +58,7 @@ class BlockOptions:
                              f"{hidden_size}/{num_heads} = {head_dim}; use pos_embed=sincos or another size")
 
 
+PLAIN_BLOCK = BlockOptions()  # the official DiT block (frozen, so one shared default is safe)
 BLOCK_KEYS = tuple(f.name for f in fields(BlockOptions))  # also the `model.*` config keys
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
-from .block_options import BlockOptions, block_mlp, block_norm, head_norm
+from .block_options import PLAIN_BLOCK, BlockOptions, block_mlp, block_norm, head_norm
 from .rmsnorm import RMSNorm
 from .rope2d import rope2d_tables
 from .sizes import DIT_MODELS, parse_model_name  # noqa: F401 - DIT_MODELS is re-exported
@@ -116,7 +116,7 @@ class DiTBlock(nn.Module):
     """adaLN-Zero transformer block; `mask` (N, 1, C) routes channels, None = plain DiT."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: str = "auto",
-                 options: BlockOptions = BlockOptions()):
+                 options: BlockOptions = PLAIN_BLOCK):
         super().__init__()
         self.norm1 = block_norm(options, hidden_size)
         qk = head_norm(options, hidden_size // num_heads) if options.qk_norm else None
@@ -147,7 +147,7 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, options: BlockOptions = BlockOptions()):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, options: BlockOptions = PLAIN_BLOCK):
         super().__init__()
         self.norm_final = block_norm(options, hidden_size)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
@@ -178,7 +178,7 @@ class DiT(nn.Module):
         block: BlockOptions | None = None,
     ):
         super().__init__()
-        self.block_options = block = block or BlockOptions()
+        self.block_options = block = block or PLAIN_BLOCK
         block.validate(hidden_size, num_heads)
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input={time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
