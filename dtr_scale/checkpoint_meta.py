@@ -20,11 +20,14 @@ MODEL_KEYS = ("name", "input_size", "in_channels", "num_classes", "learn_sigma",
 
 
 def fingerprint(cfg) -> dict:
+    from .models.block_options import block_options
     from .objective import objective_class
 
     m = cfg.model
     return {
-        "model": {k: getattr(m, k) for k in MODEL_KEYS},
+        # The block options only where they are not the official block's: a default run's
+        # fingerprint is what it always was, so its checkpoints still resume.
+        "model": {k: getattr(m, k) for k in MODEL_KEYS} | block_options(m).non_default(),
         "routing": dict(vars(m.routing)),
         "objective": objective_class(cfg.diffusion.objective).fingerprint(cfg),
     }

@@ -20,6 +20,8 @@ from .config_schema import (CHOICES, RANGES, CheckpointSection, Config, DataSect
                             DiffusionSection, EvalSection, FlowSection, LogSection, ModelSection,
                             ParallelSection, TrainSection)
 from .errors import UserError
+from .models.block_options import block_options
+from .models.sizes import parse_model_name
 from .objective import objective_class, objective_names
 
 
@@ -203,6 +205,8 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
             raise bad_value(key, value, f"must be {desc}")
     try:
         cfg.model.routing.validate()
+        _, hidden, heads, _ = parse_model_name(cfg.model.name)
+        block_options(cfg.model).validate(hidden, heads)  # e.g. rope2d needs head size % 4 == 0
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if world_size is not None:

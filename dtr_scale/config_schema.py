@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .models.attention import ATTENTION_BACKENDS
+from .models.block_options import MLPS, NORMS, POS_EMBEDS
 from .models.dit import DIT_MODELS
 from .models.routing import RoutingConfig
 
@@ -27,6 +28,11 @@ class ModelSection:
     attention: str = "auto"  # auto | xformers | sdpa | math
     checkpointing: float = 0.0  # fraction of blocks with activation checkpointing
     compile: str = "auto"  # torch.compile each DiT block: true | false | auto (= on CUDA only)
+    # The modern block (LightningDiT); the defaults are the official DiT block (models/block_options.py).
+    qk_norm: bool = False  # normalise q and k per head before attention
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | swiglu
+    pos_embed: str = "sincos"  # sincos | rope2d (2-D RoPE in attention on top of sin-cos)
 
 
 @dataclass
@@ -141,6 +147,9 @@ class Config:
 CHOICES = {
     "model.name": DIT_MODELS,
     "model.attention": ATTENTION_BACKENDS,
+    "model.norm": NORMS,
+    "model.mlp": MLPS,
+    "model.pos_embed": POS_EMBEDS,
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.loss_weighting": ("constant", "min_snr", "p2", "ant_uw"),
     "data.mode": ("epoch", "resampled", "global"),

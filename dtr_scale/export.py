@@ -76,6 +76,7 @@ def checkpoint_ema(checkpoint: str) -> tuple[DiT, dict]:
     meta = {
         "format": EXPORT_FORMAT,
         "model": {k: getattr(cfg.model, k) for k in MODEL_KEYS}
+                 | model.block_options.non_default()  # the modern block's options, if any: `sample` needs no flags
                  | {"time_input": model.time_input},  # flow: float t in [0, 1], rebuilt the same way
         "routing": model.routing.to_dict() if model.routing else None,
         "step": step,

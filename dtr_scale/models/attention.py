@@ -6,13 +6,19 @@ softmax(QKᵀ/√d)V, the reference every other backend is tested against) and `
 CUDA when importable, else sdpa). `auto` is resolved per call from the tensor's device, so a model
 built on the CPU and moved to a GPU picks the fast kernel.
 
-Parameter names (`qkv`, `proj`) follow the official DiT checkpoints.
+Parameter names (`qkv`, `proj`) follow the official DiT checkpoints. The modern block's qk-norm
+(`q_norm`, `k_norm`, LightningDiT's names) and 2-D RoPE act on q and k before the backend is
+called, so every backend computes the same attention with them.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .rope2d import apply_rope
 
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
 
@@ -54,7 +60,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> t
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, backend: str = "auto", head_norm: nn.Module | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
@@ -64,10 +70,18 @@ class Attention(nn.Module):
         self.backend = backend
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim, bias=True)
+        if head_norm is not None:  # qk-norm: one norm for q, one for k, over each head's channels
+            self.q_norm = head_norm
+            self.k_norm = copy.deepcopy(head_norm)
+        self.qk_norm = head_norm is not None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.unbind(dim=2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = attend(q, k, v, resolve_backend(self.backend, x.device))
         return self.proj(out.reshape(B, L, C))

@@ -10,6 +10,8 @@ channel masks once per forward, and each block applies its mask (DTR reference s
     out = r + x * (1 - m)
 
 With routing disabled (β = 1) the blocks get `mask=None` and run the plain DiT code path.
+The modern block options (`block_options.py`: qk-norm, RMSNorm, SwiGLU, 2-D RoPE) swap the
+layers inside this same routed block; the masking and the residual routing do not change.
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention
+from .block_options import PLAIN_BLOCK, BlockOptions, block_mlp, block_norm, head_norm
+from .rmsnorm import RMSNorm
+from .rope2d import rope2d_tables
+from .sizes import DIT_MODELS, parse_model_name  # noqa: F401 - DIT_MODELS is re-exported
 from .routing import TIME_INPUTS, RoutingConfig, TaskRouter, task_index_from_continuous
 
 
@@ -109,37 +115,41 @@ class Mlp(nn.Module):
 class DiTBlock(nn.Module):
     """adaLN-Zero transformer block; `mask` (N, 1, C) routes channels, None = plain DiT."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: str = "auto"):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, attention: str = "auto",
+                 options: BlockOptions = PLAIN_BLOCK):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads, backend=attention)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.norm1 = block_norm(options, hidden_size)
+        qk = head_norm(options, hidden_size // num_heads) if options.qk_norm else None
+        self.attn = Attention(hidden_size, num_heads, backend=attention, head_norm=qk)
+        self.norm2 = block_norm(options, hidden_size)
+        self.mlp = block_mlp(options, hidden_size, mlp_ratio, Mlp)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
         # Recompute this block's activations in backward (memory for compute); set from outside
         # (`DiT.set_checkpointing`). The checkpoint call sits inside `forward` so that a compiled
         # block compiles it too, and parameter names stay the official ones (no wrapper module).
         self.checkpoint_activations = False
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.checkpoint_activations and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, c, mask, use_reentrant=False)
-        return self._forward(x, c, mask)
+            return checkpoint(self._forward, x, c, mask, rope, use_reentrant=False)
+        return self._forward(x, c, mask, rope)
 
-    def _forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         r = x if mask is None else x * mask
         # LayerNorm sees all C channels (the zeros included) and the branch outputs are not
         # re-masked: both exactly as the DTR reference, which trained the published numbers.
-        r = r + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(r), shift_msa, scale_msa))
+        r = r + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(r), shift_msa, scale_msa), rope)
         r = r + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(r), shift_mlp, scale_mlp))
         return r if mask is None else r + x * (1 - mask)
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, options: BlockOptions = PLAIN_BLOCK):
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm_final = block_norm(options, hidden_size)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
@@ -165,8 +175,11 @@ class DiT(nn.Module):
         attention: str = "auto",
         checkpointing: float = 0.0,
         time_input: str = "discrete",
+        block: BlockOptions | None = None,
     ):
         super().__init__()
+        self.block_options = block = block or PLAIN_BLOCK
+        block.validate(hidden_size, num_heads)
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input={time_input!r}: expected one of {', '.join(TIME_INPUTS)}")
         # "discrete": t is a DDPM timestep 0..T-1 and is its own task index. "continuous": t is
@@ -192,9 +205,9 @@ class DiT(nn.Module):
         # Fixed 2-D sin-cos position embedding, a frozen Parameter as in the official layout.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList(
-            DiTBlock(hidden_size, num_heads, mlp_ratio, attention=attention) for _ in range(depth)
+            DiTBlock(hidden_size, num_heads, mlp_ratio, attention=attention, options=block) for _ in range(depth)
         )
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, block)
         # β = 1 is plain DiT: no router, no buffers, no per-block multiply.
         self.routing = routing if routing is not None and not routing.is_identity else None
         self.router = TaskRouter(self.routing, hidden_size, depth) if self.routing else None
@@ -236,7 +249,11 @@ class DiT(nn.Module):
         # adaLN-Zero: every block starts as the identity and the output as zero.
         zero = [f"blocks.{i}.adaLN_modulation.1.{k}" for i in range(self.depth) for k in ("weight", "bias")]
         zero += [f"final_layer.{m}.{k}" for m in ("adaLN_modulation.1", "linear") for k in ("weight", "bias")]
-        return plan + [(name, nn.init.zeros_) for name in zero]
+        # The modern block's norm scales (ones) and LayerNorm qk-norm biases; none in plain DiT.
+        norms = [(f"{name}.{k}", nn.init.ones_ if k == "weight" else nn.init.zeros_)
+                 for name, m in self.named_modules() if isinstance(m, (RMSNorm, nn.LayerNorm))
+                 for k, p in m.named_parameters(recurse=False)]
+        return plan + [(name, nn.init.zeros_) for name in zero] + norms
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, L, p·p·C_out) -> (N, C_out, H, W)."""
@@ -255,12 +272,21 @@ class DiT(nn.Module):
         h = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype)) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop)
         masks = self.router(self.task_index(t), h.dtype) if self.router is not None else None  # (G, N, 1, C)
+        rope = self.rope_tables(h)
         for i, block in enumerate(self.blocks):
             mask = None if masks is None else masks[i if masks.shape[0] > 1 else 0]
             if self.dynamic_batch:  # compiled blocks: one graph for every batch size
                 mark_batch_dynamic(h, c, mask)
-            h = block(h, c, mask)
+            h = block(h, c, mask, rope)
         return self.unpatchify(self.final_layer(h, c)).float()
+
+    def rope_tables(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """pos_embed=rope2d: the (cos, sin) tables of every attention, built per forward (a few
+        KB) rather than kept as buffers, so that meta-device init and checkpoints never see them."""
+        if self.block_options.pos_embed != "rope2d":
+            return None
+        cos, sin = rope2d_tables(self.hidden_size // self.num_heads, self.x_embedder.grid_size, h.device)
+        return cos.to(h.dtype), sin.to(h.dtype)
 
     def task_index(self, t: torch.Tensor) -> torch.Tensor:
         """The DTR task of each sample's time (see `time_input`)."""
@@ -318,30 +344,6 @@ def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-# name -> (depth, hidden_size, num_heads). "T" is a tiny size for CPU tests and the demo.
-DIT_SIZES = {
-    "T": (6, 128, 4),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-}
-DIT_PATCHES = (2, 4, 8)
-DIT_MODELS = tuple(f"DiT-{s}/{p}" for s in DIT_SIZES for p in DIT_PATCHES)
-
-
-def parse_model_name(name: str) -> tuple[int, int, int, int]:
-    """'DiT-L/2' -> (depth, hidden, heads, patch); unknown names list what is allowed."""
-    try:
-        size, patch = name.removeprefix("DiT-").split("/")
-        depth, hidden, heads = DIT_SIZES[size]
-        if int(patch) not in DIT_PATCHES:
-            raise KeyError(patch)
-    except (KeyError, ValueError):
-        raise ValueError(f"model.name: unknown model {name!r}; allowed: {', '.join(DIT_MODELS)}") from None
-    return depth, hidden, heads, int(patch)
-
-
 def create_model(
     name: str,
     *,
@@ -354,6 +356,7 @@ def create_model(
     attention: str = "auto",
     checkpointing: float = 0.0,
     time_input: str = "discrete",
+    block: BlockOptions | None = None,
 ) -> DiT:
     depth, hidden, heads, patch = parse_model_name(name)
     return DiT(
@@ -370,4 +373,5 @@ def create_model(
         attention=attention,
         checkpointing=checkpointing,
         time_input=time_input,
+        block=block,
     )

@@ -201,8 +201,11 @@ def load_weights(path: str | os.PathLike, **overrides: Any) -> tuple[DiT, dict[s
             f"{path}: no dtr-scale metadata (an official DiT/DTR checkpoint?); build the model with "
             "create_model(...) and call load_pretrained(model, path) instead"
         )
+    from .block_options import BLOCK_KEYS, BlockOptions
+
     kwargs = dict(meta["model"])
     name = kwargs.pop("name")
+    kwargs["block"] = BlockOptions(**{k: kwargs.pop(k) for k in BLOCK_KEYS if k in kwargs})
     routing = RoutingConfig(**meta["routing"]) if meta.get("routing") else None
     kwargs.update(overrides)
     model = create_model(name, routing=routing, **kwargs)

@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 
 from ..models import DiT, create_model
+from ..models.block_options import block_options
 from .base import DEFAULT_OBJECTIVE, Objective, objective_class, objective_names
 from .ddpm import DDPMObjective
 from .flow import FlowObjective, FlowSolver, transport_from_section
@@ -33,7 +34,7 @@ def dit_from_config(cfg, **overrides) -> DiT:
     kwargs = dict(input_size=m.input_size, in_channels=m.in_channels, num_classes=m.num_classes,
                   learn_sigma=m.learn_sigma, class_dropout_prob=m.class_dropout_prob,
                   routing=m.routing, attention=m.attention, checkpointing=m.checkpointing,
-                  time_input=objective_class(cfg.diffusion.objective).time_input)
+                  time_input=objective_class(cfg.diffusion.objective).time_input, block=block_options(m))
     return create_model(m.name, **{**kwargs, **overrides})
 
 
