@@ -86,7 +86,7 @@ def test_prep_writes_the_index_and_global_mode_opens_only_the_shards_it_reads(da
     scanned = join_rows(scan_shard_rows(m))  # what the header scan finds: the same rows
     assert rows.dtype == scanned.dtype and (rows == scanned).all() and len(rows) == 1797
     for rank in range(4):
-        (loader, batch), opened = opened_during(lambda: first_batch(data, rank))
+        (loader, batch), opened = opened_during(lambda r=rank: first_batch(data, r))
         want = sorted({os.path.basename(loader.index.paths[loader.index.shard_of(int(s))])
                        for s in loader.dataset.order.samples(batch.positions.numpy())})
         assert 1 <= len(want) <= 2 and shards_opened(opened, data) == want, (rank, want, opened)
@@ -110,7 +110,7 @@ def test_old_dataset_indexes_once_and_reuses_it_with_the_same_batches(data, tmp_
     files = kept(old / DATA_INDEX_DIR)
     assert [p.suffix for p in files] == [".json", ".npy"] and loader.index.file == str(files[1])
     assert len(shards_opened(opened, old)) == 9
-    (loader, batch), opened = opened_during(lambda: first_batch(old))  # a later start: no scan
+    (loader, _), opened = opened_during(lambda: first_batch(old))  # a later start: no scan
     assert len(shards_opened(opened, old)) <= 2 and loader.index.file == str(files[1])
     assert kept(old / DATA_INDEX_DIR) == files
     for a, b in zip(ref, batches(old, 6)):
@@ -165,7 +165,7 @@ def test_a_changed_prep_index_is_refused(data):
 
 def test_a_changed_kept_index_is_refused_not_overwritten(data):
     old = make_old(data)
-    loader, _ = first_batch(old)
+    first_batch(old)
     meta_path, rows_path = kept(old / DATA_INDEX_DIR)
     rows = np.load(rows_path, allow_pickle=False)
     rows[5]["data_offset"] += 512  # another member's bytes

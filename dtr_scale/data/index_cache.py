@@ -31,8 +31,16 @@ from ..atomic import temp_name
 from ..file_hash import file_sha256
 from ..parallel.process_group import barrier
 from .manifest import MANIFEST_NAME, Manifest
-from .sample_index import (INDEX_FORMAT, INDEX_VERSION, SampleIndex, join_rows, open_rows, rows_sha256,
-                           save_rows, scan_shard_rows)
+from .sample_index import (
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    SampleIndex,
+    join_rows,
+    open_rows,
+    rows_sha256,
+    save_rows,
+    scan_shard_rows,
+)
 from .shard_format import DataError
 
 log = logging.getLogger("dtr_scale.data")

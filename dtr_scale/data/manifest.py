@@ -162,8 +162,8 @@ def _check_manifest_values(m: Manifest, file: Path) -> None:
 def check_data_path(path, first_sample: bool = True) -> Manifest:
     """Fail early and clearly on a bad data path; call it BEFORE starting a process group.
 
-    Checks that the path is set, exists, holds a readable manifest, and that every listed shard
-    file exists. Shard sizes (and optionally hashes) are checked by `verify_shards`, which the
+    Checks that the path is set, exists, holds a readable manifest, that every listed shard
+    file exists, and (if `first_sample`) that the first sample matches the manifest. Shard sizes (and optionally hashes) are checked by `verify_shards`, which the
     loader calls once at start, so that one bad shard can be skipped and counted instead of
     stopping a long run.
     """
