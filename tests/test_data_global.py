@@ -10,7 +10,8 @@ import torch
 from dtr_scale.config import ConfigError, load_config, validate
 from dtr_scale.data import DataError, GlobalLoader, read_manifest
 from dtr_scale.data.synthetic import write_synthetic_shards
-from dtr_scale.data.tar_index import _scan_headers, _tarfile_members, build_index
+from dtr_scale.data.sample_index import join_rows, scan_shard_rows
+from dtr_scale.data.tar_index import _scan_headers, _tarfile_members
 
 COUNTS = [11, 7, 13, 5, 9]  # 45 samples: a global batch of 12 straddles every epoch boundary
 B = 12
@@ -45,8 +46,8 @@ def test_header_scan_matches_tarfile(eps_shards):
     for shard in m.shards:
         path = m.shard_path(shard)
         assert _scan_headers(path) == _tarfile_members(path)
-    index = build_index(m)
-    assert len(index) == sum(COUNTS) and index.keys[:2] == ("000000_000000", "000000_000001")
+    rows = join_rows(scan_shard_rows(m))
+    assert len(rows) == sum(COUNTS) and rows["key"][:2].tolist() == [b"000000_000000", b"000000_000001"]
 
 
 def test_epochs_are_exact_across_ranks(ids_shards):

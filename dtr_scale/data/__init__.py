@@ -9,6 +9,7 @@ Public API:
     LatentLoader(path, batch_size, ...)    iterable of (x, y) with state_dict()/load_state_dict()
     GlobalLoader(path, global_batch, ...)  data.mode=global: GlobalBatch(x, y, positions) in a
                                            world-size-invariant order, read by random access
+                                           through the sample index (sample_index, index_cache)
     DataError                              raised for bad shards/samples with on_error="raise"
 The sample layout is documented in `dtr_scale.data.shard_format`.
 """

@@ -23,6 +23,7 @@ from .encoders import PixelEncoder, VaeEncoder
 from .prep_sources import ImageSource, InputShard, open_source
 from .image_transforms import center_crop_arr, to_unit_range
 from .manifest import FORMAT_NAME, FORMAT_VERSION, write_manifest
+from .sample_index import write_prep_index
 from .shard_format import encode_sample, sample_key
 from .shard_writer import (PROGRESS_DIR, finished_shard, read_prep_identity, write_prep_identity,
                            write_tar_shard)
@@ -204,7 +205,7 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
               f"(stopped by --max-shards-this-run); rerun the same command to resume. "
               f"{json.dumps(summary)}", file=sys.stderr)
         return 0 if stopped else 1
-    doc = _manifest_doc(cfg, source, encoder, resolution, records)
+    doc = write_prep_index(out, _manifest_doc(cfg, source, encoder, resolution, records), records)
     path = write_manifest(out, doc)
     summary["num_samples"] = doc["num_samples"]
     print(f"prep: wrote {path} ({doc['num_samples']} samples in {len(records)} shards, "

@@ -1,8 +1,10 @@
 """`GlobalLoader` (`data.mode=global`): a world-size-invariant sample order read by random access.
 
 Each rank reads only its own samples of each global batch (see `global_order` for the order, the
-split and the per-sample seeds) through the tar index (`tar_index`): a positioned read of the
-sample's bytes, no streaming, no shuffle buffer. The stream never ends; `epoch` says where it is.
+split and the per-sample seeds) through the sample index (`sample_index`: prep's `index.npy`, or
+for older datasets one built once and kept, `index_cache`), memory-mapped: a positioned read of
+the sample's bytes, no streaming, no shuffle buffer, and at start no shard is opened until a
+sample of it is read. The stream never ends; `epoch` says where it is.
 
 Batches are `GlobalBatch(x, y, positions)`: the positions let the training objective draw each
 sample's timestep, noise and label dropout from its own seed.
@@ -32,7 +34,8 @@ from .global_order import EpochOrder, micro_batch_positions
 from .loader import ManifestFacts
 from .manifest import check_data_path, verify_shards
 from .shard_format import DataError, check_finite, check_sample, decode_array, decode_class, stored_shape
-from .tar_index import CLS_OFFSET, CLS_SIZE, DATA_OFFSET, DATA_SIZE, SHARD, TarIndex, build_index
+from .index_cache import cached_index
+from .sample_index import SampleIndex, prep_index
 
 STATE_VERSION = 1
 
@@ -46,7 +49,7 @@ class GlobalBatch(NamedTuple):
 class _MicroBatches(Dataset):
     """Item k: this rank's k-th micro-batch (step k // A, micro-batch k % A)."""
 
-    def __init__(self, index: TarIndex, manifest, *, seed: int, random_flip: bool, global_batch: int,
+    def __init__(self, index: SampleIndex, manifest, *, seed: int, random_flip: bool, global_batch: int,
                  rank: int, world_size: int, grad_accum: int):
         self.index, self.seed, self.random_flip = index, seed, random_flip
         self.field, self.num_classes = manifest.field, manifest.num_classes
@@ -61,17 +64,16 @@ class _MicroBatches(Dataset):
     def _read(self, sample: int) -> tuple[bytes, bytes]:
         if self._pid != os.getpid():
             self._fds, self._pid = {}, os.getpid()
-        row = self.index.table[sample]
-        shard = int(row[SHARD])
+        shard, key, data_offset, data_size, cls_offset, cls_size = self.index.entry(sample)
         if shard not in self._fds:
             self._fds[shard] = os.open(self.index.paths[shard], os.O_RDONLY)
         # The class and array members are neighbours in the tar: one read covers both.
-        lo = int(min(row[DATA_OFFSET], row[CLS_OFFSET]))
-        hi = int(max(row[DATA_OFFSET] + row[DATA_SIZE], row[CLS_OFFSET] + row[CLS_SIZE]))
+        lo = min(data_offset, cls_offset)
+        hi = max(data_offset + data_size, cls_offset + cls_size)
         span = os.pread(self._fds[shard], hi - lo, lo)
-        data = span[row[DATA_OFFSET] - lo:row[DATA_OFFSET] - lo + row[DATA_SIZE]]
-        cls = span[row[CLS_OFFSET] - lo:row[CLS_OFFSET] - lo + row[CLS_SIZE]]
-        raw = {"__key__": self.index.keys[sample], "__url__": self.index.paths[shard], self.field: data, "cls": cls}
+        data = span[data_offset - lo:data_offset - lo + data_size]
+        cls = span[cls_offset - lo:cls_offset - lo + cls_size]
+        raw = {"__key__": key, "__url__": self.index.paths[shard], self.field: data, "cls": cls}
         check_sample(raw, self.field, self.shape, self.num_classes)
         check_finite(raw, self.field)
         return data, cls
@@ -112,11 +114,13 @@ class GlobalLoader(ManifestFacts):
                              f"world size {world_size} x grad_accum {grad_accum}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.manifest = check_data_path(path)
+        # Every sample read is checked against the manifest (check_sample), so the first-sample
+        # check would only open a shard this rank may not need.
+        self.manifest = check_data_path(path, first_sample=False)
         # A bad shard always stops the run here: leaving it out would change N, the order and
         # what every later step trains on (data.on_error=skip does not apply in this mode).
         verify_shards(self.manifest, "raise", verify_sha256)
-        self.index = build_index(self.manifest)
+        self.index = prep_index(self.manifest) or cached_index(self.manifest, rank)
         self.global_batch, self.world_size, self.grad_accum = global_batch_size, world_size, grad_accum
         self.seed, self.num_workers = seed, num_workers
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory

@@ -12,8 +12,15 @@ no timestamps and no output paths)::
       "resolution": 16, "source": "digits",
       "vae": {"name": "none"} | {"name": PATH_OR_ID, "class": "AutoencoderKL",
                                  "subfolder": ..., "config_sha256": ...},
-      "shards": [{"name": "shard-000000.tar", "count": 200, "bytes": N, "sha256": HEX}, ...]
+      "shards": [{"name": "shard-000000.tar", "count": 200, "bytes": N, "sha256": HEX,
+                  "index_sha256": HEX}, ...],
+      "index": {"name": "index.npy", "format": "dtr-scale-sample-index", "version": 1,
+                "bytes": N, "sha256": HEX, "shards_sha256": HEX}
     }
+
+"index" and the shards' "index_sha256" (the sample index, see sample_index.py) are written by prep
+since the index was added; manifests without them are read as before, and data.mode=global then
+builds the index once.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ class ShardInfo:
     count: int
     bytes: int
     sha256: str
+    index_sha256: str = ""          # sha256 of this shard's rows of the sample index ("": none)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Manifest:
     vae: dict = field(default_factory=dict)
     resolution: int = 0
     source: str = ""
+    index: dict = field(default_factory=dict)  # the prep-written sample index ({}: none)
 
     @property
     def num_samples(self) -> int:
@@ -110,11 +119,12 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             scale_factor=float(doc["scale_factor"]),
             shift_factor=float(doc.get("shift_factor", 0.0)),
             num_classes=int(doc["num_classes"]),
-            shards=tuple(ShardInfo(s["name"], int(s["count"]), int(s["bytes"]), s["sha256"])
-                         for s in doc["shards"]),
+            shards=tuple(ShardInfo(s["name"], int(s["count"]), int(s["bytes"]), s["sha256"],
+                                   str(s.get("index_sha256", ""))) for s in doc["shards"]),
             vae=dict(doc.get("vae", {})),
             resolution=int(doc.get("resolution", 0)),
             source=str(doc.get("source", "")),
+            index=dict(doc.get("index", {})),
         )
     except KeyError as exc:
         raise UserError(f"{file} lacks the key {exc}; rerun prep to rewrite it") from None
@@ -149,11 +159,11 @@ def _check_manifest_values(m: Manifest, file: Path) -> None:
                             ">= 0 (rerun prep)")
 
 
-def check_data_path(path) -> Manifest:
+def check_data_path(path, first_sample: bool = True) -> Manifest:
     """Fail early and clearly on a bad data path; call it BEFORE starting a process group.
 
-    Checks that the path is set, exists, holds a readable manifest, and that every listed shard
-    file exists. Shard sizes (and optionally hashes) are checked by `verify_shards`, which the
+    Checks that the path is set, exists, holds a readable manifest, that every listed shard
+    file exists, and (if `first_sample`) that the first sample matches the manifest. Shard sizes (and optionally hashes) are checked by `verify_shards`, which the
     loader calls once at start, so that one bad shard can be skipped and counted instead of
     stopping a long run.
     """
@@ -174,7 +184,8 @@ def check_data_path(path) -> Manifest:
     if missing:
         raise FileNotFoundError(f"{len(missing)} shard(s) listed in {_manifest_file(p)} are missing "
                                 f"from {manifest.root}: {missing[:5]}; copy them or rerun prep")
-    check_first_sample(manifest)
+    if first_sample:  # data.mode=global checks every sample it reads instead (its index says where)
+        check_first_sample(manifest)
     return manifest
 
 

@@ -22,6 +22,7 @@ import webdataset as wds
 
 from ..atomic import atomic_write_bytes
 from ..file_hash import file_sha256
+from .tar_index import tar_members
 
 PROGRESS_DIR = "_progress"
 
@@ -50,7 +51,7 @@ def finished_shard(out_dir: str | os.PathLike, index: int) -> dict | None:
 def write_tar_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[dict]) -> dict:
     """Write `samples` (raw-bytes dicts, see shard_format.encode_sample) as shard `index`.
 
-    Returns the shard's record: name, count, bytes, sha256, max_class.
+    Returns the shard's record: name, count, bytes, sha256, max_class, members.
     """
     out_dir = Path(out_dir)
     (out_dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
@@ -66,8 +67,11 @@ def write_tar_shard(out_dir: str | os.PathLike, index: int, samples: Iterable[di
         writer.close()  # ends the tar stream; the file object stays ours to sync
         f.flush()
         os.fsync(f.fileno())
+    # The member list (name, data offset, size) becomes the shard's rows of the sample index
+    # (sample_index.write_prep_index), read back now while the file is in the page cache.
     record = {"name": final.name, "count": count, "bytes": partial.stat().st_size,
-              "sha256": file_sha256(partial), "max_class": max_class}
+              "sha256": file_sha256(partial), "max_class": max_class,
+              "members": [list(m) for m in tar_members(str(partial))]}
     atomic_write_bytes(_record_path(out_dir, index), json.dumps(record, sort_keys=True).encode())
     if final.exists():  # an unfinished shard of ours, or a file --overwrite let us replace: say so
         print(f"prep: replacing {final}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Synthetic latent shards in the real format, for loader tests and benchmarks.
 
-Written with the same shard writer and manifest code as prep. Sample ids are recoverable from
+Written with the same shard writer, manifest and sample index code as prep. Sample ids are recoverable from
 the data: in `latent.npy` mode every value of sample i equals i (exact in fp16 up to 2048), and
 in `moments.npy` mode the mean is i and the std is `std` (0 makes draws exactly i).
 """
@@ -12,6 +12,7 @@ import numpy as np
 
 from .manifest import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from .shard_format import LATENT_FIELD, MOMENTS_FIELD, encode_sample, sample_key, stored_shape
+from .sample_index import write_prep_index
 from .shard_writer import write_tar_shard
 
 
@@ -41,10 +42,10 @@ def write_synthetic_shards(out, *, counts: list[int], latent_shape=(4, 8, 8), nu
             samples.append(encode_sample(sample_key(k, j), field, arr, sample_id % num_classes))
             sample_id += 1
         records.append(write_tar_shard(out, k, samples))
-    write_manifest(out, {
+    write_manifest(out, write_prep_index(out, {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "field": field,
         "latent_shape": list(latent_shape), "latent_dtype": "float16",
         "scale_factor": scale_factor, "shift_factor": 0.0, "num_classes": num_classes,
         "num_samples": sum(counts), "resolution": 0, "source": "synthetic", "vae": {"name": "none"},
-        "shards": [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records]})
+        "shards": [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records]}, records))
     return out

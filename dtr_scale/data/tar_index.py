@@ -1,35 +1,18 @@
-"""Random access into prep's tar shards: where each sample's bytes lie, found from tar headers.
+"""Where each sample's bytes lie in a tar shard, found from the tar headers.
 
-`data.mode=global` reads single samples by position, which a streaming tar reader cannot do. The
-index is built at loader start by reading each shard's 512-byte member headers and seeking over
-the payloads (see benchmarks/RESULTS.md for the cost) and holds,
-per sample in manifest order, the shard and the byte offset and size of its array and class
-members. Samples are numbered 0..N-1: shard by shard as the manifest lists them, members in
-tar order within a shard.
+`data.mode=global` reads single samples by position, which a streaming tar reader cannot do. It
+reads the positions from the sample index (`sample_index`), which prep writes from the member
+lists below as it writes each shard; for datasets written before that, the index is built once
+from the headers (reading each shard's 512-byte member headers and seeking over the payloads,
+see benchmarks/RESULTS.md for the cost). Samples are numbered 0..N-1: shard by shard as the
+manifest lists them, members in tar order within a shard.
 """
 from __future__ import annotations
 
 import os
 import tarfile
-from dataclasses import dataclass
 
-import numpy as np
-
-from .manifest import Manifest
-from .shard_format import CLASS_FIELD, DataError, count_mismatch
-
-# Columns of `TarIndex.table`.
-SHARD, DATA_OFFSET, DATA_SIZE, CLS_OFFSET, CLS_SIZE = range(5)
-
-
-@dataclass(frozen=True)
-class TarIndex:
-    paths: tuple[str, ...]   # shard files, manifest order
-    keys: tuple[str, ...]    # sample keys, sample order
-    table: np.ndarray        # (N, 5) int64, columns above
-
-    def __len__(self) -> int:
-        return len(self.keys)
+from .shard_format import CLASS_FIELD, DataError
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -109,18 +92,22 @@ def _tarfile_members(path: str) -> list[tuple[str, int, int]]:
         return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
 
 
-def index_shard(path: str, field: str) -> list[tuple[str, int, int, int, int]]:
-    """(key, data offset, data size, cls offset, cls size) per sample of one shard, tar order."""
-    samples: dict[str, dict[str, tuple[int, int]]] = {}
+def tar_members(path: str) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of each regular member of one tar, in tar order."""
     try:
         members = _scan_headers(path)
-        if members is None:
-            members = _tarfile_members(path)
+        return _tarfile_members(path) if members is None else members
     except (tarfile.TarError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"shard {path} cannot be indexed ({exc}); re-copy it or rerun prep") from None
+
+
+def samples_from_members(members, field: str, path: str) -> list[tuple[str, int, int, int, int]]:
+    """(key, data offset, data size, cls offset, cls size) per sample, tar order, from the
+    shard's member list (`tar_members`, or the list prep recorded when it wrote the shard)."""
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
     for name, offset, size in members:
         key, member_field = _split_member(name)
-        samples.setdefault(key, {})[member_field] = (offset, size)
+        samples.setdefault(key, {})[member_field] = (int(offset), int(size))
     rows = []
     for key, fields in samples.items():
         if field not in fields or CLASS_FIELD not in fields:
@@ -130,18 +117,7 @@ def index_shard(path: str, field: str) -> list[tuple[str, int, int, int, int]]:
     return rows
 
 
-def build_index(manifest: Manifest) -> TarIndex:
-    """Index every shard of `manifest` (sizes checked first by manifest.verify_shards); the
-    per-shard sample counts must match the manifest."""
-    paths, keys, rows = [], [], []
-    for k, shard in enumerate(manifest.shards):
-        path = manifest.shard_path(shard)
-        samples = index_shard(path, manifest.field)
-        if len(samples) != shard.count:
-            raise count_mismatch(path, len(samples), shard.count)
-        paths.append(path)
-        for key, *numbers in samples:
-            keys.append(key)
-            rows.append((k, *numbers))
-    table = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
-    return TarIndex(tuple(paths), tuple(keys), table)
+def index_shard(path: str, field: str) -> list[tuple[str, int, int, int, int]]:
+    """(key, data offset, data size, cls offset, cls size) per sample of one shard, tar order,
+    found by reading its headers."""
+    return samples_from_members(tar_members(path), field, path)
