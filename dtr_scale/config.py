@@ -20,7 +20,7 @@ from .config_schema import (CHOICES, RANGES, CheckpointSection, Config, DataSect
                             DiffusionSection, EvalSection, FlowSection, LogSection, ModelSection,
                             ParallelSection, TrainSection)
 from .errors import UserError
-from .objective import objective_class, objective_names
+from .objective import objective_class, objective_names, validate_repa_config
 
 
 class ConfigError(UserError):
@@ -203,6 +203,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
             raise bad_value(key, value, f"must be {desc}")
     try:
         cfg.model.routing.validate()
+        validate_repa_config(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if world_size is not None:

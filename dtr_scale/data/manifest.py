@@ -55,6 +55,7 @@ class Manifest:
     vae: dict = field(default_factory=dict)
     resolution: int = 0
     source: str = ""
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of the stored images (prep --store-images)
 
     @property
     def num_samples(self) -> int:
@@ -115,6 +116,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             vae=dict(doc.get("vae", {})),
             resolution=int(doc.get("resolution", 0)),
             source=str(doc.get("source", "")),
+            image_shape=tuple(int(v) for v in doc["image_shape"]) if doc.get("image_shape") else None,
         )
     except KeyError as exc:
         raise UserError(f"{file} lacks the key {exc}; rerun prep to rewrite it") from None
