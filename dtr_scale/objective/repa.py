@@ -6,10 +6,9 @@ the encoder's width); the term is, per sample, the mean over tokens of −cos(pr
 patch feature), then the mean over the batch (REPA's loss.py: the per-sample token mean summed and
 divided by the batch size), added to the objective's loss with weight `repa.coeff`.
 
-With DTR the hidden state is the block's output after routing: every one of the C channels,
-the masked-out ones included (they carry the residual stream of the other tasks' channels),
-which is what the next block reads. DTR masks only the block's update, so that output is the
-whole residual stream.
+With DTR the hidden state is the block's output after routing, all C channels: the block
+updates its task's active channels and passes the others on unchanged, so this is the whole
+residual stream the next block reads, as on a plain DiT (not only the active channels).
 
 The projector is a submodule of the objective (`objective.repa`): the engines shard, reduce,
 optimize and checkpoint it like the DiT's own weights. It has no EMA (only the DiT's weights do),
