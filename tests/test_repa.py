@@ -163,7 +163,7 @@ def test_bad_repa_input_names_the_key_or_file(encoder_file, image_shards, digits
     with pytest.raises(ConfigError, match=r"repa.enabled=true with data.mode=global"):
         check(argv(image_shards, run, *ok, "data.mode=global"))
     with pytest.raises(ConfigError, match=r"repa.encoder_weights: not set"):
-        check(argv(image_shards, run, "repa.enabled=true"))
+        check(argv(image_shards, run, "repa.enabled=true", "repa.depth=3"))
     with pytest.raises(ConfigError, match=r"repa.coeff"):
         check(argv(image_shards, run, *ok, "repa.coeff=nan"))
 
