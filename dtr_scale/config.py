@@ -22,7 +22,7 @@ from .config_schema import (CHOICES, RANGES, CheckpointSection, Config, DataSect
 from .errors import UserError
 from .models.block_options import block_options
 from .models.sizes import parse_model_name
-from .objective import objective_class, objective_names
+from .objective import objective_class, objective_names, validate_repa_config
 
 
 class ConfigError(UserError):
@@ -207,6 +207,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Config:
         cfg.model.routing.validate()
         _, hidden, heads, _ = parse_model_name(cfg.model.name)
         block_options(cfg.model).validate(hidden, heads)  # e.g. rope2d needs head size % 4 == 0
+        validate_repa_config(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if world_size is not None:

@@ -133,6 +133,20 @@ class LogSection:
 
 
 @dataclass
+class RepaSection:
+    """REPA (Yu et al., ICLR 2025): align a projection of a DiT block's hidden state with a frozen
+    DINOv2's patch features (dtr_scale/objective/repa.py). Needs shards prepped with --store-images."""
+    enabled: bool = False
+    encoder: str = "dinov2-vit-b"  # dinov2-vit-s | -b | -l | -g (REPA: B), or dinov2-from-file (shape read from the file)
+    encoder_weights: Optional[str] = None  # local .safetensors / .pth of the encoder (clusters are offline)
+    encoder_sha256: Optional[str] = None  # the file's sha256 (or a prefix of >= 8 hex digits); None = not checked
+    depth: int = 8  # align the hidden state after this many blocks (1-based; REPA: 8 for L and XL, 4 for B)
+    coeff: float = 0.5  # weight of the alignment loss (REPA's --proj-coeff)
+    projector_dim: int = 2048  # hidden width of the projector MLP (REPA's --projector-dim)
+    seed: int = 0  # the projector's initialisation, independent of the DiT's draws
+
+
+@dataclass
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
     diffusion: DiffusionSection = field(default_factory=DiffusionSection)
@@ -142,6 +156,7 @@ class Config:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
     log: LogSection = field(default_factory=LogSection)
+    repa: RepaSection = field(default_factory=RepaSection)
 
 
 CHOICES = {
@@ -160,6 +175,7 @@ CHOICES = {
     "parallel.zero_stage": (1, 2, 3),
     "eval.extractor": ("pixels", "inception"),
     "log.wandb_mode": ("auto", "online", "offline", "disabled"),
+    "repa.encoder": ("dinov2-vit-s", "dinov2-vit-b", "dinov2-vit-l", "dinov2-vit-g", "dinov2-from-file"),
 }
 
 # key -> (predicate, description of the allowed range). Every predicate is written so that NaN
@@ -207,4 +223,7 @@ RANGES = {
     "eval.every": (lambda v: v >= 0, ">= 0 (0 = no in-loop evaluation)"),
     "eval.num_samples": (lambda v: v >= 1, ">= 1"),
     "eval.cfg_scale": (_finite(0.0), "a finite number >= 0 (1.0 = no guidance)"),
+    "repa.depth": (lambda v: v >= 1, ">= 1 (and at most the model's depth)"),
+    "repa.coeff": (_finite(0.0), "a finite number >= 0"),
+    "repa.projector_dim": (lambda v: v >= 1, ">= 1"),
 }

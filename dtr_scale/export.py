@@ -61,7 +61,26 @@ def read_ema(ckpt: str, model: DiT) -> dict[str, torch.Tensor]:
 
 
 def export(checkpoint: str, out: str) -> tuple[str, str]:
-    return write_weights(*checkpoint_ema(checkpoint), out)
+    model, meta = checkpoint_ema(checkpoint)
+    return write_weights(model, meta, out, training_only=read_training_only(meta["checkpoint"]))
+
+
+TRAINING_ONLY_PREFIX = "repa."  # trained parameters of the objective that sampling never uses
+
+
+def read_training_only(ckpt: str) -> dict[str, torch.Tensor]:
+    """The objective's training-only parameters (REPA's projector: its trained weights, it has no
+    EMA) from the canonical state, by their names in the objective; empty when the run had none."""
+    from .safe_checkpoint_io import dcp_load, read_dcp_metadata
+
+    state_dir = os.path.join(ckpt, STATE_DIR)
+    index = read_dcp_metadata(state_dir).state_dict_metadata
+    names = [k[len("model."):] for k in index if k.startswith("model." + TRAINING_ONLY_PREFIX)]
+    if not names:
+        return {}
+    want = {"model": {n: torch.empty(tuple(index["model." + n].size), dtype=torch.float32) for n in names}}
+    dcp_load(want, state_dir, no_dist=True)
+    return want["model"]
 
 
 def checkpoint_ema(checkpoint: str) -> tuple[DiT, dict]:
@@ -98,8 +117,10 @@ def data_identity(path: str) -> dict:
     return {"path": os.path.abspath(path), **{k: m[k] for k in keys if k in m}}
 
 
-def write_weights(model: DiT, meta: dict, out: str) -> tuple[str, str]:
-    """Write `stem.pt` and `stem.safetensors` atomically; returns both paths."""
+def write_weights(model: DiT, meta: dict, out: str, training_only: dict | None = None) -> tuple[str, str]:
+    """Write `stem.pt` and `stem.safetensors` atomically; returns both paths. The sampling weights
+    are the DiT's alone; `training_only` tensors (REPA's projector) go into the .pt under their
+    own key, `training_only`, so that a run can take them up again."""
     from safetensors.torch import save
 
     stem = out[: -len(".safetensors")] if out.endswith(".safetensors") else os.path.splitext(out)[0]
@@ -109,7 +130,10 @@ def write_weights(model: DiT, meta: dict, out: str) -> tuple[str, str]:
     if model.router is not None and not _masks_match_config(model):
         payload_meta["router_masks"] = model.router.masks.cpu()  # adopted masks: not derivable
     pt, st = stem + ".pt", stem + ".safetensors"
-    atomic_write(pt, lambda f: torch.save({"ema": sd, "dtr_scale": payload_meta}, f))
+    payload = {"ema": sd, "dtr_scale": payload_meta}
+    if training_only:
+        payload["training_only"] = {k: v.detach().float().cpu().contiguous() for k, v in training_only.items()}
+    atomic_write(pt, lambda f: torch.save(payload, f))
     atomic_write_bytes(st, save(sd, metadata={k: json.dumps(v) for k, v in meta.items()}))
     return pt, st
 

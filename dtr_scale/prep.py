@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="an image that does not decode: raise (stop, naming the file; default) or skip "
                         "(leave it out, counted in the summary)")
+    p.add_argument("--store-images", action="store_true",
+                   help="also store each centre-cropped image and its mirror (uint8) beside the latents: "
+                        "REPA (repa.enabled) aligns the DiT with an encoder's features of the clean image")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty --out that prep did not create (its files of the "
@@ -97,7 +100,7 @@ def check_args(args: argparse.Namespace) -> PrepConfig:
                       vae_subfolder=args.vae_subfolder, allow_download=args.allow_download,
                       num_classes=args.num_classes, max_shards_this_run=args.max_shards_this_run,
                       progress=not args.no_progress, on_error=args.on_error,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, store_images=args.store_images)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,13 +94,15 @@ class PositionDraws:
 
 def training_inputs(objective, batch, gen_t: torch.Generator, gen_noise: torch.Generator, seed: int,
                     device: torch.device):
-    """(x, y, t, noise, drop) on `device` for one loader micro-batch (drop None: the DiT draws it).
-    `data.mode=global` batches carry their global positions; the others are (x, y)."""
+    """(x, y, t, noise, drop, images) on `device` for one loader micro-batch (drop None: the DiT
+    draws it; images None unless the loader yields the clean images, for REPA).
+    `data.mode=global` batches carry their global positions; the others are (x, y[, images])."""
     x, y = batch[0], batch[1]
     positions = getattr(batch, "positions", None)
+    images = getattr(batch, "images", None) if positions is not None else (batch[2] if len(batch) > 2 else None)
     draws = RankDraws(gen_t, gen_noise) if positions is None else PositionDraws(seed, positions)
     t, noise, drop = objective.draw_inputs(x, draws)
-    return tuple(v if v is None else v.to(device, non_blocking=True) for v in (x, y, t, noise, drop))
+    return tuple(v if v is None else v.to(device, non_blocking=True) for v in (x, y, t, noise, drop, images))
 
 
 # ---------------------------------------------------------------------------- sampling draws

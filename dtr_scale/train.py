@@ -30,7 +30,7 @@ from .in_loop import InLoopMonitor
 from .metrics import MetricsLogger, StepStats
 from .mfu import mfu, peak_flops
 from .models import dit_train_flops
-from .objective import Objective, build_objective, dit_from_config
+from .objective import Objective, build_objective, check_repa_inputs, dit_from_config
 from .parallel.engine import Engine
 from .parallel.factory import engine_class
 from .parallel.optim import lr_factor
@@ -98,7 +98,7 @@ def build_loader(cfg: Config, env: DistEnv, pin_memory: bool = False) -> LatentL
     return LatentLoader(d.path, t.global_batch_size // (env.world_size * t.grad_accum), rank=env.rank,
                         world_size=env.world_size, num_workers=d.num_workers, seed=t.seed, mode=d.mode,
                         shuffle_buffer=d.shuffle_buffer, on_error=d.on_error, verify_sha256=d.verify_sha256,
-                        random_flip=d.random_flip, pin_memory=pin_memory)
+                        random_flip=d.random_flip, pin_memory=pin_memory, images=cfg.repa.enabled)
 
 
 def infinite(loader: LatentLoader):
@@ -194,10 +194,11 @@ def train_step(tr: Trainer) -> None:
     t, device, engine = tr.cfg.train, tr.device, tr.engine
     engine.set_lr_factor(lr_factor(tr.step, t.warmup_steps))
     for micro in range(t.grad_accum):
-        x, y, timesteps, noise, drop = training_inputs(tr.objective, next(tr.batches), tr.gen_t, tr.gen_noise,
-                                                       t.seed, device)
+        x, y, timesteps, noise, drop, images = training_inputs(tr.objective, next(tr.batches), tr.gen_t,
+                                                               tr.gen_noise, t.seed, device)
         with engine.accumulate(sync=micro == t.grad_accum - 1):
-            loss, per_sample = engine.module(x, timesteps, y, noise, drop)
+            extra = () if images is None else (images,)  # REPA's clean images, when the loader yields them
+            loss, per_sample = engine.module(x, timesteps, y, noise, drop, *extra)
             engine.backward(loss)
         tr.stats.add_micro_batch(loss, per_sample, tr.objective.timestep_clusters(timesteps, NUM_LOG_CLUSTERS))
     result = engine.step()
@@ -302,6 +303,7 @@ def check_inputs(args: argparse.Namespace, world_size: int | None = None) -> Con
                           "set parallel.engine=ddp, fsdp or deepspeed")
     manifest = check_data_path(cfg.data.path)
     check_model_fits_data(cfg, manifest)
+    check_repa_inputs(cfg, manifest)
     check_reachable(cfg.checkpoint.dir)  # creating it and the test write wait for prepare_checkpoint_dir
     e = cfg.eval
     if e.every and e.ref and not os.path.exists(e.ref):

@@ -47,6 +47,7 @@ class PrepConfig:
     progress: bool = True
     overwrite: bool = False  # write into a non-empty folder that prep did not create
     on_error: str = "raise"  # an unreadable image: raise (stop, naming it) | skip (leave it out, counted)
+    store_images: bool = False  # also store the cropped uint8 image and its mirror (REPA)
 
 
 class ForeignOutputFolder(UserError):
@@ -80,24 +81,35 @@ def _make_encoder(cfg: PrepConfig, source: ImageSource, env: DistEnv):
                       device=local_device(env)), "RGB"
 
 
-def _encode_shard(plan: InputShard, encoder, mode: str, resolution: int, batch_size: int, bar):
+def image_pair(crop: np.ndarray) -> np.ndarray:
+    """uint8 HWC/HW crop → (2, C, H, W) uint8: the image and its horizontal mirror, in the order
+    the encoders store the two flips."""
+    chw = crop[None] if crop.ndim == 2 else crop.transpose(2, 0, 1)
+    return np.ascontiguousarray(np.stack([chw, chw[..., ::-1]]))
+
+
+def _encode_shard(plan: InputShard, encoder, mode: str, resolution: int, batch_size: int, bar,
+                  store_images: bool = False):
     """Yield the shard's samples in source order; batches never cross shard boundaries, so the
     bytes of a shard do not depend on which run or rank wrote it."""
     def flush(images, labels, start):
         arrays = encoder.encode(np.stack(images))
         for j, (arr, cls) in enumerate(zip(arrays, labels)):
-            yield encode_sample(sample_key(plan.index, start + j), encoder.field, arr, cls)
+            yield encode_sample(sample_key(plan.index, start + j), encoder.field, arr, cls,
+                                image_pair(crops[j]) if store_images else None)
         if bar is not None:
             bar.update(len(images))
 
-    images, labels, start = [], [], 0
+    images, labels, crops, start = [], [], [], 0
     for image, cls in plan.read():
-        images.append(to_unit_range(center_crop_arr(image.convert(mode), resolution)))
+        crop = center_crop_arr(image.convert(mode), resolution)
+        images.append(to_unit_range(crop))
+        crops.append(crop)
         labels.append(cls)
         if len(images) == batch_size:
             yield from flush(images, labels, start)
             start += len(images)
-            images, labels = [], []
+            images, labels, crops = [], [], []
     if images:
         yield from flush(images, labels, start)
 
@@ -121,7 +133,7 @@ def _sum_across_ranks(values: list[float], env: DistEnv) -> list[float]:
     return t.tolist()
 
 
-def _manifest_doc(cfg, source, encoder, resolution, records) -> dict:
+def _manifest_doc(cfg, source, encoder, resolution, records, mode: str = "RGB") -> dict:
     num_classes = source.num_classes or cfg.num_classes
     max_class = max(r["max_class"] for r in records)
     if num_classes is None:
@@ -137,6 +149,7 @@ def _manifest_doc(cfg, source, encoder, resolution, records) -> dict:
         "num_classes": int(num_classes), "num_samples": sum(r["count"] for r in records),
         "resolution": resolution, "source": source.description, "vae": encoder.identity,
         "shards": [{k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in records],
+        **({"image_shape": [1 if mode == "L" else 3, resolution, resolution]} if cfg.store_images else {}),
     }
 
 
@@ -163,6 +176,8 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
     encoder, mode = _make_encoder(cfg, source, env)
     identity = {"source": source.description, "vae": encoder.identity, "resolution": resolution,
                 "shard_size": cfg.shard_size, "mode": mode, "num_shards": len(source.shards)}
+    if cfg.store_images:  # absent otherwise: folders prepped before the option still resume
+        identity["store_images"] = True
     _check_identity(out, identity, env)
     barrier()
 
@@ -182,7 +197,8 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
             stopped_early = True
             break
         record = write_tar_shard(out, plan.index,
-                             _encode_shard(plan, encoder, mode, resolution, cfg.batch_size, bar))
+                             _encode_shard(plan, encoder, mode, resolution, cfg.batch_size, bar,
+                                           cfg.store_images))
         written += 1
         samples += record["count"]
     if bar is not None:
@@ -205,7 +221,7 @@ def run_prep(cfg: PrepConfig, env: DistEnv) -> int:
               f"(stopped by --max-shards-this-run); rerun the same command to resume. "
               f"{json.dumps(summary)}", file=sys.stderr)
         return 0 if stopped else 1
-    doc = write_prep_index(out, _manifest_doc(cfg, source, encoder, resolution, records), records)
+    doc = write_prep_index(out, _manifest_doc(cfg, source, encoder, resolution, records, mode), records)
     path = write_manifest(out, doc)
     summary["num_samples"] = doc["num_samples"]
     print(f"prep: wrote {path} ({doc['num_samples']} samples in {len(records)} shards, "

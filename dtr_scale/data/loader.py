@@ -74,8 +74,17 @@ class ManifestFacts:
         return self.manifest.num_samples
 
 
+def stored_images(m: Manifest) -> tuple[int, int, int]:
+    """The manifest's image shape; a dataset prepped without --store-images cannot feed REPA."""
+    if m.image_shape is None:
+        raise ValueError(f"{m.root}/dataset.json: the shards hold no images (prepped without --store-images), "
+                         "which repa.enabled=true needs; rerun prep with --store-images into a new --out")
+    return m.image_shape
+
+
 class LatentLoader(ManifestFacts):
-    """Iterable of `(x, y)`: x float32 (B, C, H, W) latents already scaled, y long (B,).
+    """Iterable of `(x, y)`: x float32 (B, C, H, W) latents already scaled, y long (B,); with
+    `images`, `(x, y, images)`: the stored uint8 (B, C, H', W') image of each latent's flip.
 
     In epoch mode each `iter()` yields (the rest of) one epoch, then advances to the next;
     in resampled mode `iter()` never ends.
@@ -85,7 +94,7 @@ class LatentLoader(ManifestFacts):
                  num_workers: int = 0, seed: int = 0, mode: str = "epoch",
                  shuffle_buffer: int = 1000, on_error: str = "skip", verify_sha256: bool = False,
                  drop_last: bool = False, prefetch_factor: int = 2, pin_memory: bool = False,
-                 random_flip: bool = True):
+                 random_flip: bool = True, images: bool = False):
         if mode not in ("epoch", "resampled"):
             raise ValueError(f"mode must be 'epoch' or 'resampled', got {mode!r}")
         if on_error not in ("skip", "raise"):
@@ -108,7 +117,8 @@ class LatentLoader(ManifestFacts):
             field=m.field, latent_shape=m.latent_shape, num_classes=m.num_classes,
             scale=m.scale_factor, shift=m.shift_factor, batch_size=batch_size, seed=seed, rank=rank,
             world_size=world_size, num_workers=max(1, num_workers), mode=mode,
-            shuffle_buffer=shuffle_buffer, on_error=on_error, drop_last=drop_last, random_flip=random_flip)
+            shuffle_buffer=shuffle_buffer, on_error=on_error, drop_last=drop_last, random_flip=random_flip,
+            image_shape=stored_images(m) if images else None)
         self._state = self._fresh_state(epoch=0)
 
     # -- facts about the data ------------------------------------------------------------
@@ -188,6 +198,6 @@ class LatentLoader(ManifestFacts):
             # after receiving it resumes with the following batch.
             ws["segment"], ws["consumed"] = item["segment"], item["index"] + 1
             st["batches"] += 1
-            yield item["x"], item["y"]
+            yield (item["x"], *item["rest"])  # (x, y), or (x, y, images) with images on
         # Epoch mode only (resampled workers never finish): move to the next epoch.
         self._state = self._fresh_state(st["epoch"] + 1, self._stream_errors())

@@ -64,6 +64,7 @@ class Manifest:
     resolution: int = 0
     source: str = ""
     index: dict = field(default_factory=dict)  # the prep-written sample index ({}: none)
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of the stored images (prep --store-images)
 
     @property
     def num_samples(self) -> int:
@@ -125,6 +126,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             resolution=int(doc.get("resolution", 0)),
             source=str(doc.get("source", "")),
             index=dict(doc.get("index", {})),
+            image_shape=tuple(int(v) for v in doc["image_shape"]) if doc.get("image_shape") else None,
         )
     except KeyError as exc:
         raise UserError(f"{file} lacks the key {exc}; rerun prep to rewrite it") from None

@@ -12,6 +12,10 @@ A shard is a plain (uncompressed) WebDataset tar. Each sample has three members:
     latent); axis 1 is the posterior statistic (0 = mean, 1 = std). ``std = exp(0.5*logvar)``
     of the diagonal Gaussian the VAE encoder returns, *before* the latent scale factor.
 
+``<key>.image.npy`` (only with ``prep --store-images``, for REPA)
+    A uint8 array of shape ``(2, C, H, W)``: the centre-cropped image and its mirror, the two
+    flips of the moments/latent in the same order, so the loader picks the same flip for both.
+
 ``<key>.latent.npy`` (pixel mode, ``--vae none``)
     A float16 array of shape ``(2, C, H, W)``: the image and its mirror scaled to [-1, 1].
     This is the ``std = 0`` case of the above, stored without the zeros.
@@ -34,7 +38,9 @@ from ..errors import UserError
 MOMENTS_FIELD = "moments.npy"
 LATENT_FIELD = "latent.npy"
 CLASS_FIELD = "cls"
+IMAGE_FIELD = "image.npy"
 STORED_DTYPE = np.dtype("<f2")
+IMAGE_DTYPE = np.dtype("u1")
 
 
 class DataError(UserError):
@@ -61,11 +67,31 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_sample(key: str, field: str, array: np.ndarray, cls: int) -> dict:
-    """A sample dict of raw bytes ready for `webdataset.TarWriter(encoder=False)`."""
+def encode_sample(key: str, field: str, array: np.ndarray, cls: int, image: np.ndarray | None = None) -> dict:
+    """A sample dict of raw bytes ready for `webdataset.TarWriter(encoder=False)`; `image` is the
+    (2, C, H, W) uint8 pair of flips stored with --store-images."""
     if array.dtype != STORED_DTYPE:
         array = array.astype(STORED_DTYPE)
-    return {"__key__": key, field: npy_bytes(array), CLASS_FIELD: str(int(cls)).encode("ascii")}
+    sample = {"__key__": key, field: npy_bytes(array), CLASS_FIELD: str(int(cls)).encode("ascii")}
+    if image is not None:
+        sample[IMAGE_FIELD] = npy_bytes(image.astype(IMAGE_DTYPE))
+    return sample
+
+
+def check_image(sample: Mapping, image_shape: tuple[int, ...]) -> None:
+    """The stored image pair of a sample: present, (2, C, H, W) uint8, whole."""
+    where = f"sample {sample.get('__key__')!r} in shard {sample.get('__url__')}"
+    data = sample.get(IMAGE_FIELD)
+    if data is None:
+        raise DataError(f"{where} has no {IMAGE_FIELD!r}, which REPA needs; rerun prep with --store-images")
+    try:
+        shape, dtype, offset = npy_header(data)
+    except Exception as exc:
+        raise DataError(f"{where}: {IMAGE_FIELD} is not a valid .npy array ({exc})") from None
+    want = (2, *image_shape)
+    if shape != want or dtype != IMAGE_DTYPE or len(data) - offset != int(np.prod(want)):
+        raise DataError(f"{where}: {IMAGE_FIELD} has shape {shape} dtype {dtype} ({len(data) - offset} bytes), "
+                        f"the manifest says {want} uint8")
 
 
 def npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype, int]:

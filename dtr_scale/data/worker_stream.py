@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from .shard_format import DataError, check_finite, check_sample, count_mismatch, decode_array, decode_class, stored_shape
+from .shard_format import (IMAGE_FIELD, DataError, check_finite, check_image, check_sample, count_mismatch, decode_array,
+                           decode_class, stored_shape)
 
 log = logging.getLogger("dtr_scale.data")
 
@@ -56,6 +57,7 @@ class StreamSpec:
     on_error: str             # "skip" | "raise"
     drop_last: bool
     random_flip: bool = True  # off for data whose mirror image is another thing (digits, text)
+    image_shape: tuple[int, int, int] | None = None  # set: batches carry the stored images (REPA)
 
     @property
     def shards_per_round(self) -> int:
@@ -133,6 +135,8 @@ def _validate(src, spec: StreamSpec, policy: _ErrorPolicy):
         try:
             check_sample(sample, spec.field, shape, spec.num_classes)
             check_finite(sample, spec.field)
+            if spec.image_shape is not None:
+                check_image(sample, spec.image_shape)
         except DataError as exc:
             if policy(exc):
                 continue
@@ -157,7 +161,7 @@ def _segment_shards(spec: StreamSpec, worker: int, segment: int) -> tuple[list[s
     return [spec.paths[i] for i in picks], []
 
 
-def _collate(spec: StreamSpec, samples: list[dict], noise_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(spec: StreamSpec, samples: list[dict], noise_seed: int) -> tuple:
     rng = np.random.default_rng(noise_seed)
     b = len(samples)
     flips = rng.integers(0, 2, size=b)
@@ -173,7 +177,11 @@ def _collate(spec: StreamSpec, samples: list[dict], noise_seed: int) -> tuple[to
         latents = latents - spec.shift
     x = torch.from_numpy(latents * np.float32(spec.scale))
     y = torch.tensor([decode_class(s["cls"]) for s in samples], dtype=torch.long)
-    return x, y
+    if spec.image_shape is None:
+        return x, y
+    # The image of the flip the latent was drawn from (the flip draw comes first, as without images).
+    images = np.stack([decode_array(s[IMAGE_FIELD])[f] for s, f in zip(samples, flips)])
+    return x, y, torch.from_numpy(images)
 
 
 def segment_batches(spec: StreamSpec, worker: int, segment: int, skip: int,
@@ -206,8 +214,8 @@ def worker_items(spec: StreamSpec, worker: int, start: WorkerStart) -> Iterator[
     then (epoch mode) an end marker that carries the worker's final error count."""
     if spec.mode == "epoch":
         policy = _ErrorPolicy(spec.on_error)
-        for index, x, y in segment_batches(spec, worker, start.segment, start.skip_batches, policy):
-            yield {"worker": worker, "segment": start.segment, "index": index, "x": x, "y": y,
+        for index, x, *rest in segment_batches(spec, worker, start.segment, start.skip_batches, policy):
+            yield {"worker": worker, "segment": start.segment, "index": index, "x": x, "rest": tuple(rest),
                    "errors_before": 0, "errors_in": policy.count, "end": False}
         yield {"worker": worker, "segment": start.segment, "index": -1, "x": None, "y": None,
                "errors_before": 0, "errors_in": policy.count, "end": True}
@@ -217,9 +225,9 @@ def worker_items(spec: StreamSpec, worker: int, start: WorkerStart) -> Iterator[
     while True:
         policy = _ErrorPolicy(spec.on_error)
         produced = 0
-        for index, x, y in segment_batches(spec, worker, segment, skip, policy):
+        for index, x, *rest in segment_batches(spec, worker, segment, skip, policy):
             produced += 1
-            yield {"worker": worker, "segment": segment, "index": index, "x": x, "y": y,
+            yield {"worker": worker, "segment": segment, "index": index, "x": x, "rest": tuple(rest),
                    "errors_before": before, "errors_in": policy.count, "end": False}
         empty_rounds = 0 if produced or skip else empty_rounds + 1
         if empty_rounds >= 20:

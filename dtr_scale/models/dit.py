@@ -263,10 +263,13 @@ class DiT(nn.Module):
         return x.reshape(x.shape[0], c, h * p, h * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                force_drop: torch.Tensor | None = None) -> torch.Tensor:
+                force_drop: torch.Tensor | None = None, hidden_at: int | None = None):
         """x: (N, C, H, W) latents; t: (N,) ORIGINAL timesteps 0..T-1 (the task index), or flow
         time in [0, 1] with time_input="continuous"; y: (N,) labels; force_drop: optional (N,)
-        bool label-dropout decisions for training (see LabelEmbedder)."""
+        bool label-dropout decisions for training (see LabelEmbedder). With `hidden_at=k` it
+        returns (output, the (N, T, D) tokens after block k (1-based), routing applied) for
+        REPA's alignment loss."""
+        hidden = None
         # Inputs follow the weights' dtype (bf16 under FSDP mixed precision or DeepSpeed bf16);
         # the output goes back to fp32 so that the loss and the sampler work in full precision.
         h = self.x_embedder(x.to(self.x_embedder.proj.weight.dtype)) + self.pos_embed
@@ -278,7 +281,10 @@ class DiT(nn.Module):
             if self.dynamic_batch:  # compiled blocks: one graph for every batch size
                 mark_batch_dynamic(h, c, mask)
             h = block(h, c, mask, rope)
-        return self.unpatchify(self.final_layer(h, c)).float()
+            if i + 1 == hidden_at:
+                hidden = h
+        out = self.unpatchify(self.final_layer(h, c)).float()
+        return out if hidden_at is None else (out, hidden)
 
     def rope_tables(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """pos_embed=rope2d: the (cos, sin) tables of every attention, built per forward (a few

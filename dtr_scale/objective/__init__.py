@@ -18,12 +18,13 @@ from ..models.block_options import block_options
 from .base import DEFAULT_OBJECTIVE, Objective, objective_class, objective_names
 from .ddpm import DDPMObjective
 from .flow import FlowObjective, FlowSolver, transport_from_section
+from .repa import RepaAlignment, check_repa_inputs, validate_repa_config
 
 for _module in pkgutil.iter_modules(__path__):  # registers the objectives of the other files
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["DEFAULT_OBJECTIVE", "DDPMObjective", "FlowObjective", "FlowSolver", "Objective", "build_objective",
-           "dit_from_config", "objective_class", "objective_names", "transport_from_section"]
+           "check_repa_inputs", "dit_from_config", "objective_class", "objective_names", "transport_from_section", "validate_repa_config"]
 
 
 def dit_from_config(cfg, **overrides) -> DiT:
@@ -39,5 +40,8 @@ def dit_from_config(cfg, **overrides) -> DiT:
 
 
 def build_objective(cfg, dit: DiT) -> Objective:
-    """The objective `cfg.diffusion` names, training `dit`."""
-    return objective_class(cfg.diffusion.objective).from_config(cfg, dit)
+    """The objective `cfg.diffusion` names, training `dit`, with REPA's term when `repa.enabled`."""
+    objective = objective_class(cfg.diffusion.objective).from_config(cfg, dit)
+    if cfg.repa.enabled:
+        objective.repa = RepaAlignment.from_config(cfg, dit)
+    return objective

@@ -19,6 +19,7 @@ Class-level methods are what code without a trained instance calls (export, the 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 from torch import nn
@@ -51,6 +52,10 @@ class Objective(nn.Module):
     unfingerprinted: tuple[str, ...] = ()  # diffusion keys that are training choices, not meaning
     dit: nn.Module
 
+    def __init__(self):
+        super().__init__()
+        self.repa = None  # REPA's alignment term (objective/repa.py), set by build_objective when on
+
     # ------------------------------------------------------------------------------ training
     def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -60,8 +65,27 @@ class Objective(nn.Module):
         PositionDraws); drop is None when the DiT draws label dropout itself."""
         return draws.draw(x.shape[0], x.shape[1:], self.sample_timesteps, self.dit.y_embedder.dropout_prob)
 
-    def forward(self, x, t, y, noise, drop=None):
+    def forward(self, x, t, y, noise, drop=None, images=None):
+        """`images`: the batch's clean uint8 images, which REPA's term needs (None otherwise)."""
         raise NotImplementedError
+
+    def denoiser(self) -> tuple:
+        """(the DiT as the loss maths calls it, what it leaves for `with_alignment`). Without
+        REPA that is the DiT itself; with it, a call that also keeps block `repa.depth`'s output."""
+        if self.repa is None:
+            return self.dit, None
+        kept = {}
+
+        def dit(x, t, **kwargs):
+            out, kept["hidden"] = self.dit(x, t, hidden_at=self.repa.depth, **kwargs)
+            return out
+        return dit, kept
+
+    def with_alignment(self, loss: torch.Tensor, kept, images) -> torch.Tensor:
+        """The objective's loss plus `repa.coeff` × REPA's batch-mean alignment loss (if on)."""
+        if self.repa is None:
+            return loss
+        return loss + self.repa.coeff * self.repa(kept["hidden"], images, self.dit.x_embedder.grid_size).mean()
 
     def timestep_clusters(self, t: torch.Tensor, num_clusters: int) -> torch.Tensor:
         raise NotImplementedError
@@ -75,7 +99,8 @@ class Objective(nn.Module):
         embeddings untouched), then the objective's own groups. Every group records `base_lr`,
         which the warmup schedule scales."""
         decay, no_decay = [], []
-        for p in self.dit.parameters():
+        trained = [*self.dit.parameters(), *(self.repa.parameters() if self.repa is not None else ())]
+        for p in trained:  # the REPA projector's weights decay like the DiT's
             if p.requires_grad:
                 (decay if p.dim() >= 2 else no_decay).append(p)
         groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "base_lr": lr},
@@ -130,6 +155,8 @@ class Objective(nn.Module):
             if other.config_section:
                 section = getattr(d, other.config_section)
                 meta[other.config_section] = dataclasses.asdict(section) if section is not None else None
+        if cfg.repa.enabled:  # what the weights were trained with; sampling needs nothing of it
+            meta["repa"] = repa_record(cfg)
         return meta
 
     @classmethod
@@ -137,4 +164,14 @@ class Objective(nn.Module):
         """The diffusion section as a checkpoint's state depends on it (sub-sections nested),
         without the keys that are training choices only."""
         skip = {k for other in _REGISTRY.values() for k in other.unfingerprinted}
-        return {k: v for k, v in dataclasses.asdict(cfg.diffusion).items() if k not in skip}
+        out = {k: v for k, v in dataclasses.asdict(cfg.diffusion).items() if k not in skip}
+        if cfg.repa.enabled:  # the projector's shape is part of the state (absent when off: old checkpoints resume)
+            out["repa"] = {k: getattr(cfg.repa, k) for k in ("encoder", "depth", "projector_dim")}
+        return out
+
+
+def repa_record(cfg) -> dict:
+    """REPA's settings as the export records them (the weights file by name, not by path)."""
+    r = dataclasses.asdict(cfg.repa)
+    r["encoder_weights"] = os.path.basename(r["encoder_weights"] or "")
+    return r

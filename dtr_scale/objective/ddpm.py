@@ -71,12 +71,13 @@ class DDPMObjective(Objective):
             self._weights[key] = self._weights_f64.to(device=like.device, dtype=dtype)
         return self._weights[key][t.to(device=like.device, dtype=torch.long)]
 
-    def forward(self, x, t, y, noise, drop=None):
+    def forward(self, x, t, y, noise, drop=None, images=None):
         kwargs = {"y": y} if drop is None else {"y": y, "force_drop": drop}
-        terms = self.diffusion.training_losses(self.dit, x, t, model_kwargs=kwargs, noise=noise)
+        dit, kept = self.denoiser()
+        terms = self.diffusion.training_losses(dit, x, t, model_kwargs=kwargs, noise=noise)
         per_sample = self.loss_weights(t, terms["mse"]) * terms["mse"] + terms["vb"]
         loss = self.weighting(per_sample, t) if self.weighting is not None else per_sample.mean()
-        return loss, per_sample.detach()
+        return self.with_alignment(loss, kept, images), per_sample.detach()
 
     def timestep_clusters(self, t: torch.Tensor, num_clusters: int) -> torch.Tensor:
         """Logging bins: floor(t·K/T), bin 0 the least noisy."""

@@ -82,10 +82,11 @@ class FlowObjective(Objective):
             u = torch.rand(batch_size, generator=generator)
         return u * (t1 - t0) + t0
 
-    def forward(self, x, t, y, noise, drop=None):
+    def forward(self, x, t, y, noise, drop=None, images=None):
         kwargs = {"y": y} if drop is None else {"y": y, "force_drop": drop}
-        per_sample = self.transport.training_losses(self.dit, x, model_kwargs=kwargs, t=t, x0=noise)["loss"]
-        return per_sample.mean(), per_sample.detach()
+        dit, kept = self.denoiser()
+        per_sample = self.transport.training_losses(dit, x, model_kwargs=kwargs, t=t, x0=noise)["loss"]
+        return self.with_alignment(per_sample.mean(), kept, images), per_sample.detach()
 
     def timestep_clusters(self, t: torch.Tensor, num_clusters: int) -> torch.Tensor:
         """Bins of the DTR task round((1 - t)(T - 1)), so bin 0 is the least noisy as for DDPM."""
