@@ -21,11 +21,10 @@ Writes benchmarks/results/block_options.json.
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from common import RESULTS_DIR, ContentionMeter, command_line, machine_info, median, write_json
+from common import ContentionMeter, command_line, machine_info, median, step_parser, write_json
 from step import make_batch, paired_ratio, summarize, timed_step
 
 from dtr_scale.config import load_config
@@ -54,16 +53,7 @@ def build_variant(args, overrides):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="DiT-S/2")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=4)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS_DIR / "block_options.json"))
-    args = p.parse_args()
+    args = step_parser(__doc__.split("\n")[0], "block_options.json").parse_args()
     torch.set_num_threads(args.threads)
     built = {name: build_variant(args, o) for name, o in VARIANTS.items()}
     gen = torch.Generator().manual_seed(0)

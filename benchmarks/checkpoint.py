@@ -101,7 +101,7 @@ def worker(args) -> None:
     if env.rank == 0:
         slowest = {k: [max(r[k][i] for r in gathered) for i in range(args.reps)] for k in times}
         write_json(args.result, {"engine": args.worker, "state_mib": nbytes / 2**20, "times_s": slowest})
-    del engine  # freed before the group goes: see process_group.shutdown
+    engine = None  # freed before the group goes (see process_group.shutdown); the closures share it
     shutdown()
 
 

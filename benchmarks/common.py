@@ -52,6 +52,24 @@ def command_line() -> str:
     return " ".join([os.path.basename(sys.executable)] + sys.argv)
 
 
+def step_parser(description: str, out_name: str, reps: int = 5, channels: bool = True):
+    """The options every side-by-side step benchmark takes (model, batch, latent shape, rounds,
+    threads, result file); a script adds its own after this."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default="DiT-S/2")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256 px, 16 × 16 tokens)")
+    if channels:
+        p.add_argument("--channels", type=int, default=4)
+    p.add_argument("--reps", type=int, default=reps)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(RESULTS_DIR / out_name))
+    return p
+
+
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 

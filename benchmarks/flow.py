@@ -16,12 +16,11 @@ Prints a table and writes benchmarks/results/flow.json.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from common import RESULTS_DIR, ContentionMeter, command_line, machine_info, median, verdict, write_json
+from common import ContentionMeter, command_line, machine_info, median, step_parser, verdict, write_json
 
 from dtr_scale.config import load_config
 from dtr_scale.diffusion import create_diffusion
@@ -115,16 +114,8 @@ def ratio(samples, num, den, key="wall", per_call=False) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="DiT-S/2")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=4)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p = step_parser(__doc__.split("\n\n")[0], "flow.json")
     p.add_argument("--sample-steps", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS_DIR / "flow.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -13,7 +13,6 @@ Writes benchmarks/results/repa_step.json.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import RESULTS_DIR, ContentionMeter, command_line, machine_info, median, write_json  # noqa: E402
+from common import ContentionMeter, command_line, machine_info, median, step_parser, write_json  # noqa: E402
 
 from dtr_scale.config import load_config, validate  # noqa: E402
 from dtr_scale.objective import build_objective, dit_from_config  # noqa: E402
@@ -74,15 +73,8 @@ def sync(device):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="DiT-S/2")
+    p = step_parser(__doc__.split("\n\n")[0], "repa_step.json", reps=3, channels=False)
     p.add_argument("--encoder", default="dinov2-vit-b")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--input-size", type=int, default=32, help="latent side (32 = 256 px, 16 × 16 tokens)")
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS_DIR / "repa_step.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
