@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_text
-from .checkpoint_async import PendingWrite, writer_group
+from .checkpoint_async import PendingWrite, reusable_stager, writer_group
 from .checkpoint_errors import CheckpointRefused
 from .checkpoint_storage import (check_usable, folder_bytes, needed_bytes, remove_leftovers,
                                  save_failure, warn_if_short)
@@ -109,6 +109,7 @@ class CheckpointManager:
         if env.is_main:
             os.makedirs(root, exist_ok=True)
         self._writer_group = writer_group(env.distributed) if async_save else None  # collective
+        self._stager = reusable_stager() if async_save else None
         barrier()
 
     # -- discovery ----------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class CheckpointManager:
             state_dir = os.path.join(tmp, STATE_DIR)
             if self.async_save:  # collective: fails on every rank
                 started: list = []
-                error = _attempt(lambda: started.append(engine.save_async(state_dir, self._writer_group)))
+                error = _attempt(lambda: started.append(engine.save_async(state_dir, self._writer_group, self._stager)))
                 future = started[0] if started else None
             else:
                 error = _attempt(engine.save, state_dir)  # collective: fails on every rank

@@ -62,8 +62,8 @@ def install(trainer) -> list[str]:
     if kill_steps:
         save_async = engine.save_async
 
-        def save_async_then_kill(path: str, process_group=None):
-            future = save_async(path, process_group)
+        def save_async_then_kill(path: str, process_group=None, stager=None):
+            future = save_async(path, process_group, stager)
             if trainer.step in kill_steps:
                 # The background thread is writing the staged state; nothing has been committed.
                 print(f"rank {trainer.env.rank}: SIGKILL with the write of {path} "

@@ -107,3 +107,18 @@ def test_disk_full_during_background_write_stops_with_the_same_line(digits_shard
         assert "latest still names step_000000002" in line and "needs about" in line, line
         assert digest(first) == before and latest(run_dir) == "step_000000002"
         assert not [d for d in os.listdir(run_dir) if d.startswith(".tmp-")]
+
+
+def test_the_key_is_checkpoint_async_and_round_trips(tmp_path):
+    from dtr_scale.config import ConfigError, to_yaml
+
+    cfg = load_config(None, [ASYNC])
+    assert cfg.checkpoint.async_save is True and load_config(None).checkpoint.async_save is False
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert "async: true" in path.read_text()
+    assert load_config(str(path)).checkpoint.async_save is True  # what resume and export read back
+    with pytest.raises(ConfigError, match="unknown config key checkpoint.async_save; .*overwrite, async"):
+        load_config(None, ["checkpoint.async_save=true"])
+    with pytest.raises(ConfigError, match="checkpoint.async: expected"):
+        load_config(None, ["checkpoint.async=sometimes"])

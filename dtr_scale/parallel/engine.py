@@ -127,14 +127,17 @@ class Engine:
         """Collective: write the canonical state under `path` (DCP: every rank writes its part)."""
         dcp.save(self.state_dict(), checkpoint_id=path)
 
-    def save_async(self, path: str, process_group=None) -> Future:
+    def save_async(self, path: str, process_group=None, stager=None) -> Future:
         """Collective: stage the canonical state (a copy in host memory, so that training may
-        change its tensors from now on) and write it under `path` from a background thread
-        (checkpoint_async.py). Returns DCP's future: done when this rank's part is written."""
+        change its tensors from now on; `stager` keeps the buffers between saves) and write it
+        under `path` from a background thread (checkpoint_async.py). Returns DCP's future: done
+        when this rank's part is written."""
+        import torch.distributed as dist
         from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
         return dcp.async_save(self.state_dict(), checkpoint_id=path, process_group=process_group,
-                              async_checkpointer_type=AsyncCheckpointerType.THREAD)
+                              async_checkpointer_type=AsyncCheckpointerType.THREAD, async_stager=stager,
+                              no_dist=not (dist.is_available() and dist.is_initialized()))
 
     def load(self, path: str) -> None:
         """Collective: read a state that any engine on any world size saved, resharded by DCP."""
