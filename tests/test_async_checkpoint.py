@@ -122,3 +122,20 @@ def test_the_key_is_checkpoint_async_and_round_trips(tmp_path):
         load_config(None, ["checkpoint.async_save=true"])
     with pytest.raises(ConfigError, match="checkpoint.async: expected"):
         load_config(None, ["checkpoint.async=sometimes"])
+
+
+def test_preemption_waits_for_the_background_write(digits_shards, tmp_path, monkeypatch, keep_signal_handlers):
+    """SIGTERM after step 2 (0-based): the run saves step 3 in the background and returns for
+    requeue only once that checkpoint is committed (`latest` names it, no partial folder)."""
+    from dtr_scale import faults
+
+    monkeypatch.setenv(faults.SIGNAL_AT_STEP, "2")
+    run_dir = str(tmp_path / "preempt")
+    cfg = load_config(os.path.join(REPO, "configs", "digits-tiny.yaml"),
+                      [f"data.path={digits_shards}", f"checkpoint.dir={run_dir}", "train.global_batch_size=8",
+                       "data.num_workers=0", "checkpoint.resume=none", "train.max_steps=8", "checkpoint.every=100",
+                       "train.preempt_check_every=1", ASYNC])
+    assert train_cli.run(cfg, DistEnv()) == 75
+    assert latest(run_dir) == "step_000000003"
+    assert not [d for d in os.listdir(run_dir) if d.startswith(".tmp-")]
+    assert os.path.isfile(os.path.join(run_dir, "step_000000003", "meta.json"))
