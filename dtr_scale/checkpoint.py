@@ -165,7 +165,8 @@ class CheckpointManager:
             state_dir = os.path.join(tmp, STATE_DIR)
             if self.async_save:  # collective: fails on every rank
                 started: list = []
-                error = _attempt(lambda: started.append(engine.save_async(state_dir, self._writer_group, self._stager)))
+                error = _attempt(lambda: started.append(
+                    engine.save_async(state_dir, self._writer_group, self._stager)))
                 future = started[0] if started else None
             else:
                 error = _attempt(engine.save, state_dir)  # collective: fails on every rank
@@ -194,7 +195,8 @@ class CheckpointManager:
         if _any_rank_failed(error, self.env):
             self._raise_save_failure(pending.final, pending.tmp, error)
         if self.env.is_main:
-            log.info("background write of %s took %.1f s", pending.name, time.monotonic() - pending.started)
+            log.info("background write of %s done and agreed on %.1f s after it started", pending.name,
+                     time.monotonic() - pending.started)
         self._commit(pending.name, pending.tmp, pending.final, pending.config_yaml, pending.meta)
 
     def _commit(self, name: str, tmp: str, final: str, config_yaml: str, meta: dict) -> None:
