@@ -26,6 +26,11 @@ removed at the next start-up and before each save, named in the log. Only the ne
 `checkpoint.keep` checkpoints are kept. A save that fails (no space, read-only, I/O error) removes
 its own partial folder and stops the run with one line (checkpoint_storage.py).
 
+With `checkpoint.async=true` the state is written in the background while training continues
+(checkpoint_async.py); the rename, `latest` and pruning wait until every rank's write has
+completed (at the next save, the last step or preemption), so the guarantees above hold as they
+are, and a failed background write stops the run with the same line at that point.
+
 Nothing here deletes what this run did not write: `resume=none` over existing checkpoints and a
 `config.yaml` of another run (another fingerprint) are refused unless `checkpoint.overwrite=true`.
 Every file is read through safe_checkpoint_io.py: opening a checkpoint runs no code from it.
@@ -38,11 +43,13 @@ import os
 import random
 import re
 import shutil
+import time
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write_text
+from .checkpoint_async import PendingWrite, reusable_stager, writer_group
 from .checkpoint_errors import CheckpointRefused
 from .checkpoint_storage import (check_usable, folder_bytes, needed_bytes, remove_leftovers,
                                  save_failure, warn_if_short)
@@ -93,12 +100,16 @@ def latest_checkpoint(root: str) -> str | None:
 
 
 class CheckpointManager:
-    def __init__(self, root: str, keep: int, env: DistEnv):
+    def __init__(self, root: str, keep: int, env: DistEnv, async_save: bool = False):
         self.root = root
         self.keep = keep
         self.env = env
+        self.async_save = async_save
+        self.pending: PendingWrite | None = None  # the background write not yet committed
         if env.is_main:
             os.makedirs(root, exist_ok=True)
+        self._writer_group = writer_group(env.distributed) if async_save else None  # collective
+        self._stager = reusable_stager() if async_save else None
         barrier()
 
     # -- discovery ----------------------------------------------------------------------------
@@ -137,24 +148,61 @@ class CheckpointManager:
     def save(self, step: int, engine, trainer_state: dict, config_yaml: str, fingerprint: dict) -> str:
         """Collective. Returns the final checkpoint directory. A write that fails on any rank
         (no space, read-only, I/O error) removes the partial folder, leaves `latest` and the
-        earlier checkpoints as they were, and raises CheckpointRefused with the cause."""
+        earlier checkpoints as they were, and raises CheckpointRefused with the cause.
+
+        With `checkpoint.async=true` the state is staged and written in the background: the call
+        returns once the write has started, and the checkpoint is committed by `finish` (the
+        next save calls it first; so do the last step and preemption), see checkpoint_async.py."""
+        self.finish()  # at most one write in flight: the previous one is committed first
         name = f"step_{step:09d}"
         tmp = os.path.join(self.root, f".tmp-{name}")
         final = os.path.join(self.root, name)
-        error = None
+        error, future = None, None
         if self.env.is_main:
             remove_leftovers(self.root)
             error = _attempt(os.makedirs, tmp)
         if not _any_rank_failed(error, self.env):
-            error = _attempt(engine.save, os.path.join(tmp, STATE_DIR))  # collective: fails on every rank
+            state_dir = os.path.join(tmp, STATE_DIR)
+            if self.async_save:  # collective: fails on every rank
+                started: list = []
+                error = _attempt(lambda: started.append(
+                    engine.save_async(state_dir, self._writer_group, self._stager)))
+                future = started[0] if started else None
+            else:
+                error = _attempt(engine.save, state_dir)  # collective: fails on every rank
             if error is None:
                 error = _attempt(torch.save, trainer_state, os.path.join(tmp, f"trainer_rank{self.env.rank:05d}.pt"))
         if _any_rank_failed(error, self.env):
             self._raise_save_failure(final, tmp, error)
+        meta = {"layout": LAYOUT, "step": step, "engine": engine.name, "engine_label": engine.describe(),
+                "zero_stage": getattr(engine, "stage", None), "world_size": self.env.world_size,
+                "fingerprint": fingerprint}
+        if future is None:
+            self._commit(name, tmp, final, config_yaml, meta)
+        else:
+            self.pending = PendingWrite(name, tmp, final, meta, config_yaml, future)
+        return final
+
+    def finish(self) -> None:
+        """Collective: wait until every rank has written the checkpoint in flight, then commit it
+        (a no-op without one). A background write that failed on any rank is reported like a
+        failed synchronous save: its folder is removed and `latest` still names the previous
+        checkpoint."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        error = _attempt(pending.wait)
+        if _any_rank_failed(error, self.env):
+            self._raise_save_failure(pending.final, pending.tmp, error)
         if self.env.is_main:
-            meta = {"layout": LAYOUT, "step": step, "engine": engine.name, "engine_label": engine.describe(),
-                    "zero_stage": getattr(engine, "stage", None), "world_size": self.env.world_size,
-                    "fingerprint": fingerprint}
+            log.info("background write of %s done and agreed on %.1f s after it started", pending.name,
+                     time.monotonic() - pending.started)
+        self._commit(pending.name, pending.tmp, pending.final, pending.config_yaml, pending.meta)
+
+    def _commit(self, name: str, tmp: str, final: str, config_yaml: str, meta: dict) -> None:
+        """Collective, once every rank's part is on disk: rank 0 writes the small files, renames
+        the folder, moves `latest` and prunes."""
+        if self.env.is_main:
             error = _attempt(_write_small_files, tmp, config_yaml, meta)
             if error is not None:
                 self._raise_save_failure(final, tmp, error)
@@ -167,8 +215,8 @@ class CheckpointManager:
                 raise save_failure(os.path.join(self.root, "latest"), tmp, self.root, error,
                                    self._needed(), latest_checkpoint(self.root))
             self._prune(keep_name=name)
+            log.info("checkpoint %s", final)
         barrier()
-        return final
 
     def _needed(self) -> int | None:
         latest = latest_checkpoint(self.root)

@@ -9,6 +9,7 @@ checkpoints, so a run can always be reproduced from its own directory.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -65,19 +66,26 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def config_key(f: dataclasses.Field) -> str:
+    """The key users write for a field: its name, or the one its metadata gives where the name
+    cannot be a Python identifier (checkpoint.async)."""
+    return f.metadata.get("key", f.name)
+
+
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {config_key(f): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f" under {prefix.rstrip('.')}" if prefix else ""
         raise ConfigError(f"unknown config key {prefix}{unknown[0]!s}; allowed keys{where}: {', '.join(fields)}")
     kwargs = {}
-    for name, value in data.items():
+    for key, value in data.items():
+        f = fields[key]
         # A field may name words that mean "its default of None" (e.g. the sampler's cfg_channels=all).
-        if isinstance(value, str) and value.lower() in fields[name].metadata.get("none_words", ()):
+        if isinstance(value, str) and value.lower() in f.metadata.get("none_words", ()):
             value = None
-        kwargs[name] = _coerce(prefix + name, value, hints[name])
+        kwargs[f.name] = _coerce(prefix + key, value, hints[f.name])
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -98,8 +106,13 @@ def config_from_dict(data: dict | None) -> Config:
     return cfg
 
 
-def to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any) -> dict:
+    """The config as the nested mapping users write (keys as in YAML, see `config_key`)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[config_key(f)] = to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def to_yaml(cfg: Config) -> str:

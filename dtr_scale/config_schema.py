@@ -110,6 +110,9 @@ class CheckpointSection:
     keep: int = 3
     resume: str = "auto"  # auto | none | PATH
     overwrite: bool = False  # let resume=none delete the checkpoints (and config.yaml) already in dir
+    # Write in the background (checkpoint_async.py). `async` is a Python keyword, so the field has
+    # another name and the YAML key users write is given in its metadata.
+    async_save: bool = field(default=False, metadata={"key": "async"})
 
 
 @dataclass

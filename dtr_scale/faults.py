@@ -3,11 +3,13 @@
 DTR_SCALE_INJECT_NAN_STEPS="3,4"  multiply the loss of these (0-based) steps by NaN on rank 0
 DTR_SCALE_CRASH_IN_SAVE_STEP=6    hard-exit every rank in the middle of writing this checkpoint
 DTR_SCALE_SIGNAL_AT_STEP=5        send SIGTERM to this process after this (0-based) step
+DTR_SCALE_KILL_IN_ASYNC_WRITE_STEP=4  SIGKILL every rank once its background write of this
+                                  checkpoint (checkpoint.async=true) is under way
 
 They exercise the real code paths (a NaN travelling through backward and the optimizer's
 skip logic, a half-written checkpoint directory, a real signal) instead of mocking them.
-`install` wraps the pieces the loop already calls (the objective's forward, the engine's `save`
-and `step`) and only for the variables that are set, so neither the training loop nor the
+`install` wraps the pieces the loop already calls (the objective's forward, the engine's `save`,
+`save_async` and `step`) and only for the variables that are set, so neither the training loop nor the
 checkpoint code contains a test hook, and a normal run carries no wrapper at all.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 NAN_STEPS = "DTR_SCALE_INJECT_NAN_STEPS"
 CRASH_IN_SAVE_STEP = "DTR_SCALE_CRASH_IN_SAVE_STEP"
 SIGNAL_AT_STEP = "DTR_SCALE_SIGNAL_AT_STEP"
+KILL_IN_ASYNC_WRITE_STEP = "DTR_SCALE_KILL_IN_ASYNC_WRITE_STEP"
 CRASH_EXIT_CODE = 17
 
 
@@ -54,6 +57,22 @@ def install(trainer) -> list[str]:
 
         engine.save = save_then_crash
         installed.append(CRASH_IN_SAVE_STEP)
+
+    kill_steps = _steps(KILL_IN_ASYNC_WRITE_STEP)
+    if kill_steps:
+        save_async = engine.save_async
+
+        def save_async_then_kill(path: str, process_group=None, stager=None):
+            future = save_async(path, process_group, stager)
+            if trainer.step in kill_steps:
+                # The background thread is writing the staged state; nothing has been committed.
+                print(f"rank {trainer.env.rank}: SIGKILL with the write of {path} "
+                      f"{'finished' if future.done() else 'in flight'}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return future
+
+        engine.save_async = save_async_then_kill
+        installed.append(KILL_IN_ASYNC_WRITE_STEP)
 
     signal_steps = _steps(SIGNAL_AT_STEP)
     if signal_steps:

@@ -150,7 +150,7 @@ def setup(cfg: Config, env: DistEnv) -> Trainer:
     gen_t, gen_noise = rank_streams(t.seed, env.rank)
 
     config_yaml = to_yaml(cfg)
-    ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env)
+    ckpt = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.keep, env, cfg.checkpoint.async_save)
     trainer = Trainer(cfg, env, device, loader, objective, engine, gen_t, gen_noise, ckpt, config_yaml,
                       flops_per_step=dit_train_flops(objective.dit, local_batch * t.grad_accum),
                       peak_flops=peak_flops(device, t.precision, t.peak_tflops),
@@ -246,12 +246,14 @@ def window_metrics(tr: Trainer) -> dict:
 
 def maybe_checkpoint(tr: Trainer, preempted: bool) -> None:
     """Collective: save every `checkpoint.every` steps, at the last step and on preemption,
-    unless the steps since the last log line hit the non-finite limit."""
-    if tr.step % tr.cfg.checkpoint.every == 0 or tr.step == tr.cfg.train.max_steps or preempted:
+    unless the steps since the last log line hit the non-finite limit. The last save is complete
+    when this returns, also when writes run in the background (`checkpoint.async`)."""
+    last = tr.step == tr.cfg.train.max_steps or preempted
+    if tr.step % tr.cfg.checkpoint.every == 0 or last:
         check_nonfinite(tr, int(tr.stats.longest_bad_run))
-        path = tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml, run_fingerprint(tr.cfg))
-        if tr.env.is_main:
-            log.info("checkpoint %s", path)
+        tr.ckpt.save(tr.step, tr.engine, tr.trainer_state(), tr.config_yaml, run_fingerprint(tr.cfg))
+    if last:
+        tr.ckpt.finish()  # the run exits next: wait for a write in flight and commit it
 
 
 def run(cfg: Config, env: DistEnv) -> int:

@@ -18,7 +18,7 @@ from dtr_scale.parallel.local import SingleEngine
 from dtr_scale.parallel.process_group import DistEnv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAULT_VARS = (faults.NAN_STEPS, faults.CRASH_IN_SAVE_STEP, faults.SIGNAL_AT_STEP)
+FAULT_VARS = (faults.NAN_STEPS, faults.CRASH_IN_SAVE_STEP, faults.SIGNAL_AT_STEP, faults.KILL_IN_ASYNC_WRITE_STEP)
 
 
 def tiny_trainer():
@@ -45,6 +45,7 @@ def test_no_wrappers_without_the_variables(monkeypatch):
     assert faults.install(tr) == []
     assert not tr.engine.objective._forward_hooks
     assert tr.engine.step.__func__ is SingleEngine.step and tr.engine.save.__func__ is SingleEngine.save
+    assert tr.engine.save_async.__func__ is SingleEngine.save_async
     loss, result = one_step(tr.engine)
     assert torch.isfinite(loss) and result.applied
 

@@ -9,7 +9,7 @@ The training loop only ever calls these methods, in this order per optimizer ste
     result = engine.step()            # clip, skip if non-finite, optimizer step, zero grads
     engine.update_ema(decay, result.applied)  # where the parameters live; a no-op if skipped
 
-plus `save`/`load` (the canonical, name-keyed training state that every engine exposes alike
+plus `save`/`save_async`/`load` (the canonical, name-keyed training state that every engine exposes alike
 through `state_dict`/`load_state_dict`, see training_state.py, written and resharded by DCP) and
 `export_ema` (consolidated weights, rank 0). Engines differ in how they place and wrap the module,
 reduce gradients and hold optimizer state; the loop and the checkpoint do not know which one they
@@ -29,6 +29,7 @@ Construction is one template (`Engine.__init__`), torchtitan's order in plain vi
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import ContextManager
 
@@ -125,6 +126,18 @@ class Engine:
     def save(self, path: str) -> None:
         """Collective: write the canonical state under `path` (DCP: every rank writes its part)."""
         dcp.save(self.state_dict(), checkpoint_id=path)
+
+    def save_async(self, path: str, process_group=None, stager=None) -> Future:
+        """Collective: stage the canonical state (a copy in host memory, so that training may
+        change its tensors from now on; `stager` keeps the buffers between saves) and write it
+        under `path` from a background thread (checkpoint_async.py). Returns DCP's future: done
+        when this rank's part is written."""
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
+        return dcp.async_save(self.state_dict(), checkpoint_id=path, process_group=process_group,
+                              async_checkpointer_type=AsyncCheckpointerType.THREAD, async_stager=stager,
+                              no_dist=not (dist.is_available() and dist.is_initialized()))
 
     def load(self, path: str) -> None:
         """Collective: read a state that any engine on any world size saved, resharded by DCP."""
