@@ -93,7 +93,7 @@ def worker(args) -> None:
         write_json(args.result, {"model": args.model, "engine": args.engine, "checkpoint_mib": nbytes / 2**20,
                                  "times_s": {**slowest, **steps},
                                  "steps_after_write": [r["steps_after_write"] for r in gathered]})
-    del engine, sync, asyn
+    engine = sync = asyn = None  # freed before the group goes (see process_group.shutdown)
     shutdown()
 
 

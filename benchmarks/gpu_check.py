@@ -120,7 +120,7 @@ def training_rate(device: torch.device, shape: dict, *, compiled: bool, checkpoi
            "mfu": round(flops / secs / peak, 4) if peak else None, **compile_report}
     if device.type == "cuda":
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    del engine, objective, dit
+    engine = objective = dit = None  # free the memory before the next shape (the closure shares engine)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

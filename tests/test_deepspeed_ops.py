@@ -1,6 +1,5 @@
 """The one-line notice before DeepSpeed JIT-compiles its CPU shared-memory op: printed on CPU
 rank 0 only while the op is not built, and looked for where DeepSpeed really builds it."""
-import os
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ share one checkpoint directory: (a) torchrun --nnodes=2 started twice, (b) the d
 with a 2-node hostfile and --no_ssh started twice, (c) launch/slurm/train.sbatch under the fake
 SLURM tools. Every node runs under strace (tests/file_writes.py) to list the files it writes.
 """
-import glob
 import os
 import signal
 import subprocess
