@@ -61,7 +61,7 @@ if variant == "scan":
     class Unchecked(SampleIndex):
         def check_shard(self, k):  # today's loader had no hashes to check
             pass
-    global_loader.cached_index = lambda m, rank=0: Unchecked(join_rows(scan_shard_rows(m)), m, [], "<scan>")
+    global_loader.cached_index = lambda m, rank=0: Unchecked(join_rows(scan_shard_rows(m)), m, [], "<scan>", "")
 n_before = len(opened)
 loader = GlobalLoader(folder, LOCAL_BATCH * world, rank=rank, world_size=world, seed=0)
 batch = next(iter(loader))

@@ -94,7 +94,8 @@ def build_loader(cfg: Config, env: DistEnv, pin_memory: bool = False) -> LatentL
     if d.mode == "global":
         return GlobalLoader(d.path, t.global_batch_size, rank=env.rank, world_size=env.world_size,
                             grad_accum=t.grad_accum, num_workers=d.num_workers, seed=t.seed,
-                            random_flip=d.random_flip, verify_sha256=d.verify_sha256, pin_memory=pin_memory)
+                            random_flip=d.random_flip, verify_sha256=d.verify_sha256, pin_memory=pin_memory,
+                            images=cfg.repa.enabled)
     return LatentLoader(d.path, t.global_batch_size // (env.world_size * t.grad_accum), rank=env.rank,
                         world_size=env.world_size, num_workers=d.num_workers, seed=t.seed, mode=d.mode,
                         shuffle_buffer=d.shuffle_buffer, on_error=d.on_error, verify_sha256=d.verify_sha256,

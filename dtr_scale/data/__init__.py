@@ -7,7 +7,7 @@ Public API:
     verify_shards(manifest, on_error, verify_sha256) -> (good shards, [(file, reason)])
                                            every shard against dataset.json, once, at start
     LatentLoader(path, batch_size, ...)    iterable of (x, y) with state_dict()/load_state_dict()
-    GlobalLoader(path, global_batch, ...)  data.mode=global: GlobalBatch(x, y, positions) in a
+    GlobalLoader(path, global_batch, ...)  data.mode=global: GlobalBatch(x, y, positions[, images]) in a
                                            world-size-invariant order, read by random access
                                            through the sample index (sample_index, index_cache)
     DataError                              raised for bad shards/samples with on_error="raise"

@@ -6,8 +6,10 @@ for older datasets one built once and kept, `index_cache`), memory-mapped: a pos
 the sample's bytes, no streaming, no shuffle buffer, and at start no shard is opened until a
 sample of it is read. The stream never ends; `epoch` says where it is.
 
-Batches are `GlobalBatch(x, y, positions)`: the positions let the training objective draw each
-sample's timestep, noise and label dropout from its own seed.
+Batches are `GlobalBatch(x, y, positions, images)`: the positions let the training objective draw
+each sample's timestep, noise and label dropout from its own seed; `images` (only when the loader
+is asked for them, for REPA; else None) is the stored uint8 (b, C, H', W') image of the flip each
+latent was drawn from.
 
 Workers: micro-batch k of this rank is one DataLoader item; workers take items in turn and the
 DataLoader hands them back in order, and an item is a pure function of k, so the stream is the
@@ -31,9 +33,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..randomness import LOAD_TAG, position_generator
 from .global_order import EpochOrder, micro_batch_positions
-from .loader import ManifestFacts
+from .loader import ManifestFacts, stored_images
 from .manifest import check_data_path, verify_shards
-from .shard_format import DataError, check_finite, check_sample, decode_array, decode_class, stored_shape
+from .shard_format import (IMAGE_FIELD, DataError, check_finite, check_image, check_sample, decode_array, decode_class,
+                           stored_shape)
 from .index_cache import cached_index
 from .sample_index import SampleIndex, prep_index
 
@@ -44,14 +47,15 @@ class GlobalBatch(NamedTuple):
     x: torch.Tensor          # (b, C, H, W) float32 latents, scaled
     y: torch.Tensor          # (b,) long labels
     positions: torch.Tensor  # (b,) long global positions (the per-sample seeds)
+    images: torch.Tensor | None = None  # (b, C, H', W') uint8 clean images (REPA), when asked for
 
 
 class _MicroBatches(Dataset):
     """Item k: this rank's k-th micro-batch (step k // A, micro-batch k % A)."""
 
     def __init__(self, index: SampleIndex, manifest, *, seed: int, random_flip: bool, global_batch: int,
-                 rank: int, world_size: int, grad_accum: int):
-        self.index, self.seed, self.random_flip = index, seed, random_flip
+                 rank: int, world_size: int, grad_accum: int, image_shape: tuple[int, int, int] | None = None):
+        self.index, self.seed, self.random_flip, self.image_shape = index, seed, random_flip, image_shape
         self.field, self.num_classes = manifest.field, manifest.num_classes
         self.shape = stored_shape(manifest.field, manifest.latent_shape)
         self.scale, self.shift = np.float32(manifest.scale_factor), np.float32(manifest.shift_factor)
@@ -61,54 +65,63 @@ class _MicroBatches(Dataset):
         self._fds: dict[int, int] = {}  # opened lazily, per process (workers are forked)
         self._pid = -1
 
-    def _read(self, sample: int) -> tuple[bytes, bytes]:
+    def _read(self, sample: int) -> dict:
+        """The sample's raw members (checked): its array, class and, with images on, image."""
         if self._pid != os.getpid():
             self._fds, self._pid = {}, os.getpid()
-        shard, key, data_offset, data_size, cls_offset, cls_size = self.index.entry(sample)
+        shard, key, *ranges = self.index.entry(sample)
         if shard not in self._fds:
             self._fds[shard] = os.open(self.index.paths[shard], os.O_RDONLY)
-        # The class and array members are neighbours in the tar: one read covers both.
-        lo = min(data_offset, cls_offset)
-        hi = max(data_offset + data_size, cls_offset + cls_size)
-        span = os.pread(self._fds[shard], hi - lo, lo)
-        data = span[data_offset - lo:data_offset - lo + data_size]
-        cls = span[cls_offset - lo:cls_offset - lo + cls_size]
-        raw = {"__key__": key, "__url__": self.index.paths[shard], self.field: data, "cls": cls}
+        names = [self.field, "cls", IMAGE_FIELD]
+        members = [(n, o, z) for n, o, z in zip(names, ranges[0::2], ranges[1::2])
+                   if n != IMAGE_FIELD or (self.image_shape is not None and o >= 0)]
+        # A sample's members are neighbours in the tar: one read covers them all.
+        lo = min(o for _, o, _ in members)
+        span = os.pread(self._fds[shard], max(o + z for _, o, z in members) - lo, lo)
+        raw = {"__key__": key, "__url__": self.index.paths[shard],
+               **{n: span[o - lo:o - lo + z] for n, o, z in members}}
         check_sample(raw, self.field, self.shape, self.num_classes)
         check_finite(raw, self.field)
-        return data, cls
+        if self.image_shape is not None:
+            check_image(raw, self.image_shape)  # also names a sample the index lists without an image
+        return raw
 
-    def _latent(self, data: bytes, position: int) -> np.ndarray:
+    def _latent(self, data: bytes, position: int) -> tuple[np.ndarray, int]:
+        """The sample's latent at its global position, and the flip it was drawn from."""
         g = position_generator(self.seed, position, LOAD_TAG)
         flip = int(torch.randint(0, 2, (1,), generator=g)) if self.random_flip else 0
         arr = decode_array(data)[flip].astype(np.float32)
         if arr.ndim == 4:  # moments: (2 [mean, std], C, H, W)
             arr = arr[0] + arr[1] * torch.randn(arr.shape[1:], generator=g).numpy()
-        return (arr - self.shift) * self.scale if self.shift else arr * self.scale
+        return ((arr - self.shift) * self.scale if self.shift else arr * self.scale), flip
 
     def __getitem__(self, k: int) -> GlobalBatch:
         positions = micro_batch_positions(k // self.grad_accum, k % self.grad_accum, **self.layout)
         samples = self.order.samples(positions)
-        latents, labels = [], []
+        latents, labels, images = [], [], []
         for p, s in zip(positions.tolist(), samples.tolist()):
             try:
-                data, cls = self._read(s)
+                raw = self._read(s)
             except DataError as exc:
                 raise DataError(f"{exc} (global position {p}, step {k // self.grad_accum}; data.mode=global "
                                 "stops on bad data, since leaving a sample out would change every later "
                                 "batch)") from None
-            latents.append(self._latent(data, p))
-            labels.append(decode_class(cls))
+            latent, flip = self._latent(raw[self.field], p)
+            latents.append(latent)
+            labels.append(decode_class(raw["cls"]))
+            if self.image_shape is not None:
+                images.append(decode_array(raw[IMAGE_FIELD])[flip])  # the image of the latent's flip
         return GlobalBatch(torch.from_numpy(np.stack(latents)), torch.tensor(labels, dtype=torch.long),
-                           torch.from_numpy(positions))
+                           torch.from_numpy(positions), torch.from_numpy(np.stack(images)) if images else None)
 
 
 class GlobalLoader(ManifestFacts):
-    """Iterable of `GlobalBatch` micro-batches for one rank; never ends (see module docstring)."""
+    """Iterable of `GlobalBatch` micro-batches for one rank; never ends (see module docstring).
+    With `images`, each batch also carries the stored images (the data must hold them)."""
 
     def __init__(self, path, global_batch_size: int, *, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
                  num_workers: int = 0, seed: int = 0, random_flip: bool = True, verify_sha256: bool = False,
-                 prefetch_factor: int = 2, pin_memory: bool = False):
+                 prefetch_factor: int = 2, pin_memory: bool = False, images: bool = False):
         if global_batch_size <= 0 or global_batch_size % (world_size * grad_accum):
             raise ValueError(f"global batch size {global_batch_size} must be a positive multiple of "
                              f"world size {world_size} x grad_accum {grad_accum}")
@@ -126,7 +139,8 @@ class GlobalLoader(ManifestFacts):
         self.prefetch_factor, self.pin_memory = prefetch_factor, pin_memory
         self.dataset = _MicroBatches(self.index, self.manifest, seed=seed, random_flip=random_flip,
                                      global_batch=global_batch_size, rank=rank, world_size=world_size,
-                                     grad_accum=grad_accum)
+                                     grad_accum=grad_accum,
+                                     image_shape=stored_images(self.manifest) if images else None)
         self._next = 0  # this rank's next micro-batch number
 
     # -- position and errors (the data's facts come from ManifestFacts) -------------------

@@ -1,8 +1,11 @@
 """The sample index of a dataset written before prep wrote one: built once, kept, reused.
 
-Keyed by the sha256 of the dataset's `dataset.json`, the index is two files in one folder:
-`<sha256>.json` (what it belongs to, and each shard's rows sha256) and the rows file it names
-(`<sha256>.<unique>.npy`, see sample_index for the layout). The folder is
+Keyed by the sha256 of the dataset's `dataset.json` and the index layout version, the index is
+two files in one folder: `<sha256>.v<version>.json` (what it belongs to, and each shard's rows
+sha256) and the rows file it names (`<sha256>.v<version>.<unique>.npy`, see sample_index for the
+layout). An index kept by a version of dtr-scale with another layout has another name, so it is
+not found, and a new one is built beside it (the old files are left alone: not ours to delete).
+The folder is
 
 1. `<data>/_index/` when the data folder is writable (beside the shards: every job using the
    data finds it), else
@@ -59,6 +62,10 @@ def index_folders(manifest: Manifest) -> list[Path]:
     return [manifest.root / DATA_INDEX_DIR, cache_root()]
 
 
+def meta_name(digest: str) -> str:
+    return f"{digest}.v{INDEX_VERSION}.json"
+
+
 def _open_cached(meta_path: Path, manifest: Manifest, digest: str) -> SampleIndex:
     fix = f"delete {meta_path} (and the rows file beside it it names) to have it rebuilt"
     try:
@@ -75,12 +82,12 @@ def _open_cached(meta_path: Path, manifest: Manifest, digest: str) -> SampleInde
         raise DataError(f"sample index {meta_path} does not belong to {manifest.root / MANIFEST_NAME} "
                         f"(sha256 {digest[:16]}...: other shards, or a changed index); it is not used: {fix}")
     rows = open_rows(meta_path.parent / rows_name, manifest.num_samples, fix)
-    return SampleIndex(rows, manifest, hashes, str(meta_path.parent / rows_name))
+    return SampleIndex(rows, manifest, hashes, str(meta_path.parent / rows_name), fix)
 
 
 def find_cached(manifest: Manifest, digest: str) -> SampleIndex | None:
     for folder in index_folders(manifest):
-        meta = folder / f"{digest}.json"
+        meta = folder / meta_name(digest)
         if meta.is_file():
             return _open_cached(meta, manifest, digest)
     return None
@@ -90,13 +97,14 @@ def _write(folder: Path, manifest: Manifest, digest: str, parts) -> Path:
     """Write the index into `folder` without replacing anything; the path of the .json in place
     (ours, or one another process linked first). OSError when the folder is not writable."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows_path = folder / f"{digest}.{os.getpid()}-{secrets.token_hex(4)}.npy"  # new: replaces nothing
+    rows_path = folder / f"{digest}.v{INDEX_VERSION}.{os.getpid()}-{secrets.token_hex(4)}.npy"  # new: replaces nothing
     save_rows(rows_path, join_rows(parts))
     meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "manifest_sha256": digest,
             "data_folder": str(manifest.root), "rows": rows_path.name, "built_unix": int(time.time()),
             "shards": [{"name": s.name, "count": s.count, "index_sha256": rows_sha256(p)}
                        for s, p in zip(manifest.shards, parts)]}
-    meta_path, tmp = folder / f"{digest}.json", temp_name(folder / f"{digest}.json")
+    meta_path = folder / meta_name(digest)
+    tmp = temp_name(meta_path)
     try:
         with open(tmp, "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True)

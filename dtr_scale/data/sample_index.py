@@ -8,9 +8,15 @@ The file
 --------
 A `.npy` holding a structured array (loaded with allow_pickle=False: nothing in it can run
 code), one row per sample in manifest order (shard by shard, tar order within a shard), with the
-int64 fields `data_offset`, `data_size`, `cls_offset`, `cls_size` (the byte ranges of the array
-member named by the manifest's `field` and of the `.cls` member) and `key` (bytes). A row's shard
-follows from the manifest's per-shard counts, so no row can point at another shard.
+int64 fields `data_offset`, `data_size`, `cls_offset`, `cls_size`, `image_offset`, `image_size`
+(the byte ranges of the array member named by the manifest's `field`, of the `.cls` member and of
+the `.image.npy` member REPA reads; -1, 0 for a sample without a stored image) and `key` (bytes).
+A row's shard follows from the manifest's per-shard counts, so no row can point at another shard.
+
+Layout versions: 1 had no image columns; 2 (this one) has them. A version 1 index is never read
+as version 2: prep's is passed over (the index is then built from the headers, as for a dataset
+without one), a kept one is keyed by its version and so simply not found (see index_cache), and
+a rows file of another layout is refused by `open_rows` with the fix in the message.
 
 Integrity
 ---------
@@ -48,12 +54,13 @@ log = logging.getLogger("dtr_scale.data")
 
 INDEX_NAME = "index.npy"
 INDEX_FORMAT = "dtr-scale-sample-index"
-INDEX_VERSION = 1
-COLUMNS = ("data_offset", "data_size", "cls_offset", "cls_size")
+INDEX_VERSION = 2
+COLUMNS = ("data_offset", "data_size", "cls_offset", "cls_size", "image_offset", "image_size")
 
 
-def make_rows(samples: list[tuple[str, int, int, int, int]], key_bytes: int | None = None) -> np.ndarray:
-    """Rows of the index from (key, data offset, data size, cls offset, cls size) tuples."""
+def make_rows(samples: list[tuple[str, int, int, int, int, int, int]], key_bytes: int | None = None) -> np.ndarray:
+    """Rows of the index from `tar_index.samples_from_members`' (key, data offset, data size, cls
+    offset, cls size, image offset, image size) tuples."""
     keys = [key.encode("utf-8") for key, *_ in samples]
     width = key_bytes or max((len(k) for k in keys), default=1) or 1
     rows = np.zeros(len(samples), dtype=[*((c, "<i8") for c in COLUMNS), ("key", f"S{width}")])
@@ -100,13 +107,11 @@ def save_rows(path: str | os.PathLike, rows: np.ndarray) -> None:
 class SampleIndex:
     """Memory-mapped index rows plus what checks them; `entry(sample)` is all the loader needs."""
 
-    def __init__(self, rows: np.ndarray, manifest: Manifest, shard_sha256: list[str], file: str):
-        self.rows, self.file, self._sha = rows, file, list(shard_sha256)
+    def __init__(self, rows: np.ndarray, manifest: Manifest, shard_sha256: list[str], file: str, fix: str):
+        self.rows, self.file, self._sha, self._fix = rows, file, list(shard_sha256), fix
         self.paths = tuple(manifest.shard_path(s) for s in manifest.shards)
         self.starts = np.concatenate([[0], np.cumsum([s.count for s in manifest.shards])]).astype(np.int64)
         self._checked: set[int] = set()
-        self._fix = ("rerun prep to rewrite it" if Path(file).name == INDEX_NAME
-                     else f"delete it (and {Path(file).with_suffix('.json').name}) to have it rebuilt")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -124,8 +129,9 @@ class SampleIndex:
                             f"{self._fix}")
         self._checked.add(k)
 
-    def entry(self, sample: int) -> tuple[int, str, int, int, int, int]:
-        """(shard, key, data offset, data size, cls offset, cls size) of one sample."""
+    def entry(self, sample: int) -> tuple[int, str, int, int, int, int, int, int]:
+        """(shard, key, data offset, data size, cls offset, cls size, image offset, image size) of
+        one sample (image -1, 0 when it has none)."""
         k = self.shard_of(sample)
         self.check_shard(k)
         row = self.rows[sample]
@@ -141,6 +147,9 @@ def open_rows(path: str | os.PathLike, num_samples: int, fix: str) -> np.ndarray
     except (OSError, ValueError) as exc:
         raise DataError(f"sample index {path} cannot be read ({exc}); {fix}") from None
     names = rows.dtype.names or ()
+    if set(names) == {*COLUMNS[:4], "key"}:
+        raise DataError(f"sample index {path} has the layout of index version 1 (no image columns), not version "
+                        f"{INDEX_VERSION}; {fix}")
     if (set(names) != {*COLUMNS, "key"} or rows.ndim != 1 or len(rows) != num_samples
             or any(rows.dtype[c] != np.dtype("<i8") for c in COLUMNS) or rows.dtype["key"].kind != "S"):
         raise DataError(f"sample index {path} holds {rows.dtype} of shape {rows.shape}, not the "
@@ -170,6 +179,11 @@ def prep_index(manifest: Manifest) -> SampleIndex | None:
         return None
     fix = "re-copy it with the shards, or rerun prep"
     name = str(info.get("name", ""))
+    if info.get("format") == INDEX_FORMAT and info.get("version") == 1:
+        log.warning("data.mode=global: %s is a version 1 sample index (no image columns), not version %d; not "
+                    "used: the index is built from the tar headers instead (rerun prep to rewrite it)",
+                    manifest.root / name, INDEX_VERSION)
+        return None
     if (info.get("format") != INDEX_FORMAT or info.get("version") != INDEX_VERSION or name != INDEX_NAME
             or any(not s.index_sha256 for s in manifest.shards)):
         raise DataError(f"{manifest.root / MANIFEST_NAME}: its \"index\" entry {info} is not a version "
@@ -177,7 +191,8 @@ def prep_index(manifest: Manifest) -> SampleIndex | None:
                         "with this version of dtr-scale")
     path = manifest.root / name
     rows = open_rows(path, manifest.num_samples, fix)
-    return SampleIndex(rows, manifest, [s.index_sha256 for s in manifest.shards], str(path))
+    return SampleIndex(rows, manifest, [s.index_sha256 for s in manifest.shards], str(path),
+                       "rerun prep to rewrite it")
 
 
 def write_prep_index(out: str | os.PathLike, doc: dict, records: list[dict]) -> dict:

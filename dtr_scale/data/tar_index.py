@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import tarfile
 
-from .shard_format import CLASS_FIELD, DataError
+from .shard_format import CLASS_FIELD, IMAGE_FIELD, DataError
+
+NO_MEMBER = (-1, 0)  # (offset, size) of a member the sample does not have (no stored image)
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -101,9 +103,11 @@ def tar_members(path: str) -> list[tuple[str, int, int]]:
         raise DataError(f"shard {path} cannot be indexed ({exc}); re-copy it or rerun prep") from None
 
 
-def samples_from_members(members, field: str, path: str) -> list[tuple[str, int, int, int, int]]:
-    """(key, data offset, data size, cls offset, cls size) per sample, tar order, from the
-    shard's member list (`tar_members`, or the list prep recorded when it wrote the shard)."""
+def samples_from_members(members, field: str, path: str) -> list[tuple[str, int, int, int, int, int, int]]:
+    """(key, data offset, data size, cls offset, cls size, image offset, image size) per sample,
+    tar order, from the shard's member list (`tar_members`, or the list prep recorded when it
+    wrote the shard); the image is NO_MEMBER for a sample without one (prep without
+    --store-images)."""
     samples: dict[str, dict[str, tuple[int, int]]] = {}
     for name, offset, size in members:
         key, member_field = _split_member(name)
@@ -113,11 +117,10 @@ def samples_from_members(members, field: str, path: str) -> list[tuple[str, int,
         if field not in fields or CLASS_FIELD not in fields:
             raise DataError(f"sample {key!r} in shard {path} lacks {field!r} or {CLASS_FIELD!r} "
                             f"(fields present: {sorted(fields)})")
-        rows.append((key, *fields[field], *fields[CLASS_FIELD]))
+        rows.append((key, *fields[field], *fields[CLASS_FIELD], *fields.get(IMAGE_FIELD, NO_MEMBER)))
     return rows
 
 
-def index_shard(path: str, field: str) -> list[tuple[str, int, int, int, int]]:
-    """(key, data offset, data size, cls offset, cls size) per sample of one shard, tar order,
-    found by reading its headers."""
+def index_shard(path: str, field: str) -> list[tuple[str, int, int, int, int, int, int]]:
+    """`samples_from_members`'s rows for one shard, found by reading its headers."""
     return samples_from_members(tar_members(path), field, path)

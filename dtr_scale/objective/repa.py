@@ -90,9 +90,6 @@ def validate_repa_config(cfg) -> None:
     if not 1 <= r.depth <= depth:
         raise ValueError(f"repa.depth={r.depth}: {cfg.model.name} has {depth} blocks; align a block in "
                          f"[1, {depth}] (REPA: 8 of 28 for XL, 8 of 24 for L, 4 of 12 for B)")
-    if cfg.data.mode == "global":
-        raise ValueError("repa.enabled=true with data.mode=global: the global loader does not read the stored "
-                         "images yet; use data.mode=resampled|epoch, or set repa.enabled=false")
     if not r.encoder_weights:
         raise ValueError("repa.encoder_weights: not set, but repa.enabled=true needs the DINOv2 weights file "
                          "(a local .safetensors or .pth)")
