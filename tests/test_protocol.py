@@ -12,13 +12,10 @@ import torch
 import dtr_scale
 from dtr_scale import code_version as code_version_module
 from dtr_scale.evaluate import main as evaluate_main
-from dtr_scale.export import write_weights
 from dtr_scale.file_hash import file_sha256
-from dtr_scale.models import RoutingConfig, create_model
 from dtr_scale.randomness import draw_labels, sample_generators
 from dtr_scale.sample import main as sample_main
-from test_sample_flow import _perturbed
-from test_sample_weights import TINY, write_tiny_weights
+from test_sample_weights import write_tiny_flow_weights, write_tiny_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["num_samples=20", "steps=10", "shard_size=8", "cfg_scale=4.0", "seed=7", "progress=false"]
@@ -39,15 +36,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def flow_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = _perturbed(create_model("DiT-T/2", **TINY, routing=RoutingConfig(0.8), time_input="continuous"))
-    meta = {"model": {"name": "DiT-T/2", **TINY, "learn_sigma": True, "class_dropout_prob": 0.1,
-                      "time_input": "continuous"},
-            "routing": model.routing.to_dict(), "step": 123, "objective": "flow",
-            "flow": {"path": "Linear", "prediction": "velocity", "train_eps": None, "sample_eps": None},
-            "data": {"vae": {"name": "none"}, "scale_factor": 1.0, "shift_factor": 0.0}}
-    pt, _ = write_weights(model, meta, str(tmp_path_factory.mktemp("fw") / "flow.pt"))
-    return pt
+    return write_tiny_flow_weights(str(tmp_path_factory.mktemp("fw") / "flow.pt"), step=123)
 
 
 @pytest.fixture(scope="module")

@@ -6,41 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from dtr_scale.export import write_weights
 from dtr_scale.flow import create_transport
-from dtr_scale.models import RoutingConfig, create_model, load_pretrained, official_state_dict
+from dtr_scale.models import create_model, load_pretrained, official_state_dict
 from dtr_scale.sample import main
 from dtr_scale.sampling import GuidedDenoiser, PixelDecoder, generate, load_sampling_model
 from dtr_scale.objective import FlowSolver
 from launch_helpers import run_module
-from test_sample_weights import TINY, write_tiny_weights
+from test_sample_weights import TINY, perturbed, write_tiny_flow_weights, write_tiny_weights
 
 ODE = ["ode_method=euler", "num_steps=5"]
 SDE = ["flow_sampler=sde", "sde_method=Euler", "num_steps=5", "diffusion_form=sigma"]
 COMMON = ["num_samples=10", "shard_size=4", "cfg_scale=4.0", "seed=3", "progress=false"]
 
 
-def _perturbed(model, seed=1):
-    """Give the zero-initialised layers values, so that the output depends on x, t and y."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
-
-
 @pytest.fixture(scope="module")
 def flow_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = _perturbed(create_model("DiT-T/2", **TINY, routing=RoutingConfig(0.8), time_input="continuous"))
-    meta = {"model": {"name": "DiT-T/2", **TINY, "learn_sigma": True, "class_dropout_prob": 0.1,
-                      "time_input": "continuous"},
-            "routing": model.routing.to_dict(), "step": 0, "objective": "flow",
-            "flow": {"path": "Linear", "prediction": "velocity", "train_eps": None, "sample_eps": None},
-            "data": {"vae": {"name": "none"}, "scale_factor": 1.0, "shift_factor": 0.0}}
-    pt, _ = write_weights(model, meta, str(tmp_path_factory.mktemp("fw") / "flow.pt"))
-    return pt
+    return write_tiny_flow_weights(str(tmp_path_factory.mktemp("fw") / "flow.pt"))
 
 
 def _samples(out):
@@ -94,7 +75,7 @@ def test_guidance_interval_is_per_row(flow_weights):
 def test_official_sit_layout_state_dict_samples_through_the_cli(tmp_path, capsys):
     # SiT-XL-2-256.pt is a bare state dict in DiT's layout with learn_sigma=True: a tiny one here.
     torch.manual_seed(0)
-    sit = _perturbed(create_model("DiT-T/2", **TINY, time_input="continuous"), seed=4)
+    sit = perturbed(create_model("DiT-T/2", **TINY, time_input="continuous"), seed=4)
     assert sit.final_layer.linear.out_features == 2 * 2 * 2  # 2C output channels, C = 1
     path = str(tmp_path / "SiT-T-2.pt")
     torch.save(official_state_dict(sit), path)

@@ -19,20 +19,38 @@ from dtr_scale.sampling import load_sampling_model
 TINY = dict(input_size=16, in_channels=1, num_classes=10)
 
 
-def write_tiny_weights(path: str, seed: int = 1) -> str:
-    torch.manual_seed(0)
-    model = create_model("DiT-T/2", **TINY, routing=RoutingConfig(0.8))
+def perturbed(model, seed=1):
+    """Give the zero-initialised layers values, so that the output depends on x, t and y."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+def write_tiny_weights(path: str, seed: int = 1) -> str:
+    torch.manual_seed(0)
+    model = perturbed(create_model("DiT-T/2", **TINY, routing=RoutingConfig(0.8)), seed)
     meta = {"format": EXPORT_FORMAT,
             "model": {"name": "DiT-T/2", **TINY, "learn_sigma": True, "class_dropout_prob": 0.1},
             "routing": model.routing.to_dict(), "step": 0,
             "diffusion": {"schedule": "linear", "steps": 1000},
             "data": {"vae": {"name": "none"}, "scale_factor": 1.0, "shift_factor": 0.0,
                      "latent_shape": [1, 16, 16], "num_classes": 10}}
+    pt, _ = write_weights(model, meta, path)
+    return pt
+
+
+def write_tiny_flow_weights(path: str, step: int = 0) -> str:
+    """A perturbed tiny flow-matching (SiT-style, continuous time) export."""
+    torch.manual_seed(0)
+    model = perturbed(create_model("DiT-T/2", **TINY, routing=RoutingConfig(0.8), time_input="continuous"))
+    meta = {"model": {"name": "DiT-T/2", **TINY, "learn_sigma": True, "class_dropout_prob": 0.1,
+                      "time_input": "continuous"},
+            "routing": model.routing.to_dict(), "step": step, "objective": "flow",
+            "flow": {"path": "Linear", "prediction": "velocity", "train_eps": None, "sample_eps": None},
+            "data": {"vae": {"name": "none"}, "scale_factor": 1.0, "shift_factor": 0.0}}
     pt, _ = write_weights(model, meta, path)
     return pt
 
