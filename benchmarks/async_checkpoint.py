@@ -6,9 +6,12 @@ job (gloo, one thread per rank) builds a routed DiT on the chosen engine (defaul
 one training step (so the optimizer holds its moments), and then, interleaved, `--reps` times:
 
   sync:  `CheckpointManager.save` with async off: the loop waits for the whole write (the stall);
-  async: `CheckpointManager.save` with async on: the loop waits for the staging copy and the
-         start of the background write (the stall); then `--steps` training steps run while the
-         write is in flight, then `finish()` waits for the rest and commits;
+  async: `CheckpointManager.save` with async on: the call returns once the state dict is
+         taken and the staging copy and the background write are started; then `--steps`
+         training steps run while the write is in flight, each waiting before its optimizer step
+         for the copy if it is still running (`wait_for_staging`, as the training loop does);
+         then `finish()` waits for the rest and commits. The stall = the save call + those
+         waits;
   plain: `--steps` training steps with no write running (the step-time baseline).
 
 Every save goes through the real checkpoint code (folder, DCP shards, trainer files, meta.json,
@@ -17,6 +20,9 @@ rank (a collective save is as slow as its slowest rank), medians over the repeti
 
   stall ratio     = async stall / sync stall                  (goal <= 0.1)
   step slowdown   = median step time while a write runs / median step time without
+  time lost       = what a save costs the run in all: sync, its stall; async, its stall plus the
+                    extra time of the steps that ran during the write (steps during the write per
+                    rank and save x (median step during the write - median step without))
 
 A step is counted as "during the write" only if the write was still in flight when it began.
 
@@ -56,8 +62,14 @@ def worker(args) -> None:
     sync = CheckpointManager(os.path.join(args.scratch, "sync"), 1, env)
     asyn = CheckpointManager(os.path.join(args.scratch, "async"), 1, env, async_save=True)
     fingerprint = {"model": {}, "routing": {}, "objective": {}}
-    times = {"sync_stall": [], "async_stall": [], "async_finish": [], "step_plain": [], "step_during_write": [],
-             "steps_after_write": []}
+    times = {"sync_stall": [], "async_stall": [], "async_call": [], "staging_wait": [], "async_finish": [],
+             "step_plain": [], "step_during_write": [], "steps_after_write": []}
+    waits: list[float] = []
+
+    def wait_for_staging() -> None:
+        t0 = time.perf_counter()
+        asyn.wait_for_staging()
+        waits.append(time.perf_counter() - t0)
 
     def timed(fn) -> float:
         barrier()
@@ -71,15 +83,17 @@ def worker(args) -> None:
         times["sync_stall"].append(timed(lambda: sync.save(step, engine, {"step": step}, "", fingerprint)))
         barrier()
         times["step_plain"] += [train_step(engine, batch) for _ in range(args.steps)]
-        times["async_stall"].append(timed(lambda: asyn.save(step, engine, {"step": step}, "", fingerprint)))
-        after = 0
+        times["async_call"].append(timed(lambda: asyn.save(step, engine, {"step": step}, "", fingerprint)))
+        after, waits[:] = 0, []
         for _ in range(args.steps):
             in_flight = not asyn.pending.future.done()
-            seconds = train_step(engine, batch)
+            seconds = train_step(engine, batch, wait_for_staging)
             if in_flight:
                 times["step_during_write"].append(seconds)
             else:
                 after += 1
+        times["staging_wait"].append(sum(waits))
+        times["async_stall"].append(times["async_call"][-1] + times["staging_wait"][-1])
         times["steps_after_write"].append(after)
         times["async_finish"].append(timed(asyn.finish))
     nbytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(args.scratch, "sync"))
@@ -88,7 +102,7 @@ def worker(args) -> None:
     dist.all_gather_object(gathered, times)
     if env.rank == 0:
         slowest = {k: [max(r[k][i] for r in gathered) for i in range(len(times[k]))]
-                   for k in ("sync_stall", "async_stall", "async_finish")}
+                   for k in ("sync_stall", "async_stall", "async_call", "staging_wait", "async_finish")}
         steps = {k: [t for r in gathered for t in r[k]] for k in ("step_plain", "step_during_write")}
         write_json(args.result, {"model": args.model, "engine": args.engine, "checkpoint_mib": nbytes / 2**20,
                                  "times_s": {**slowest, **steps},
@@ -126,22 +140,28 @@ def main() -> int:
     t0 = time.perf_counter()
     rows = [run_model(args, model) for model in args.models.split(",")]
     print(f"{args.engine}, {NPROC} ranks, gloo, {args.reps} interleaved repetitions, slowest rank, medians\n")
-    print("| model | checkpoint (MiB) | sync stall (s) | async stall (s) | stall ratio | rest of write at finish (s) "
-          "| step (s) | step during write (s) | step slowdown |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | checkpoint (MiB) | sync stall (s) | async stall (s) = save call + wait for the copy | stall ratio "
+          "| rest of write at finish (s) | step (s) | step during write (s) | step slowdown | time lost per save, "
+          "sync / async (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         if "error" in row:
-            print(f"| {row['model']} | error: {row['error']} | | | | | | | |")
+            print(f"| {row['model']} | error: {row['error']} | | | | | | | | |")
             continue
         t = row["times_s"]
         m = {k: median(v) if v else float("nan") for k, v in t.items()}
         row["median_s"] = m
         row["stall_ratio"] = m["async_stall"] / m["sync_stall"]
         row["step_slowdown"] = m["step_during_write"] / m["step_plain"]
+        during_per_save = len(t["step_during_write"]) / (args.reps * NPROC)
+        row["lost_s"] = {"sync": m["sync_stall"],
+                         "async": m["async_stall"] + during_per_save * (m["step_during_write"] - m["step_plain"])}
         row["meets_goal"] = row["stall_ratio"] <= GOAL_STALL_RATIO
-        print(f"| {row['model']} | {row['checkpoint_mib']:.0f} | {m['sync_stall']:.3f} | {m['async_stall']:.3f} | "
+        print(f"| {row['model']} | {row['checkpoint_mib']:.0f} | {m['sync_stall']:.3f} | {m['async_stall']:.3f} = "
+              f"{m['async_call']:.3f} + {m['staging_wait']:.3f} | "
               f"{row['stall_ratio']:.3f} | {m['async_finish']:.3f} | {m['step_plain']:.3f} | "
-              f"{m['step_during_write']:.3f} ({len(t['step_during_write'])} steps) | {row['step_slowdown']:.2f} |")
+              f"{m['step_during_write']:.3f} ({len(t['step_during_write'])} steps) | {row['step_slowdown']:.2f} | "
+              f"{row['lost_s']['sync']:.2f} / {row['lost_s']['async']:.2f} |")
     wall = time.perf_counter() - t0
     write_json(args.out, {"command": command_line(), "machine": machine_info(), "wall_s": round(wall, 1),
                           "engine": args.engine, "nproc": NPROC, "reps": args.reps, "steps": args.steps,

@@ -67,10 +67,14 @@ def make_batch(args, batch_size, gen):
             torch.randint(0, 1000, (n,), generator=gen), torch.randn(n, c, s, s, generator=gen))
 
 
-def train_step(engine, batch) -> float:
+def train_step(engine, batch, before_update=None) -> float:
+    """Seconds of one step; `before_update` runs between backward and the optimizer step, where
+    the training loop waits for a background checkpoint's staging copy."""
     t0 = time.perf_counter()
     loss, _ = engine.module(*batch)
     engine.backward(loss)
+    if before_update is not None:
+        before_update()
     engine.step()
     return time.perf_counter() - t0
 

@@ -157,7 +157,7 @@ class CheckpointManager:
         name = f"step_{step:09d}"
         tmp = os.path.join(self.root, f".tmp-{name}")
         final = os.path.join(self.root, name)
-        error, future = None, None
+        error, futures = None, None
         if self.env.is_main:
             remove_leftovers(self.root)
             error = _attempt(os.makedirs, tmp)
@@ -167,7 +167,7 @@ class CheckpointManager:
                 started: list = []
                 error = _attempt(lambda: started.append(
                     engine.save_async(state_dir, self._writer_group, self._stager)))
-                future = started[0] if started else None
+                futures = started[0] if started else None
             else:
                 error = _attempt(engine.save, state_dir)  # collective: fails on every rank
             if error is None:
@@ -177,11 +177,17 @@ class CheckpointManager:
         meta = {"layout": LAYOUT, "step": step, "engine": engine.name, "engine_label": engine.describe(),
                 "zero_stage": getattr(engine, "stage", None), "world_size": self.env.world_size,
                 "fingerprint": fingerprint}
-        if future is None:
+        if futures is None:
             self._commit(name, tmp, final, config_yaml, meta)
         else:
-            self.pending = PendingWrite(name, tmp, final, meta, config_yaml, future)
+            self.pending = PendingWrite(name, tmp, final, meta, config_yaml, *futures)
         return final
+
+    def wait_for_staging(self) -> None:
+        """Not collective. Call before anything changes the training tensors (the optimizer
+        step): returns once the background save in flight, if any, has copied them."""
+        if self.pending is not None:
+            self.pending.wait_staged()
 
     def finish(self) -> None:
         """Collective: wait until every rank has written the checkpoint in flight, then commit it

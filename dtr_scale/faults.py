@@ -63,13 +63,13 @@ def install(trainer) -> list[str]:
         save_async = engine.save_async
 
         def save_async_then_kill(path: str, process_group=None, stager=None):
-            future = save_async(path, process_group, stager)
+            staged, written = save_async(path, process_group, stager)
             if trainer.step in kill_steps:
-                # The background thread is writing the staged state; nothing has been committed.
+                # The background threads are copying or writing the state; nothing has been committed.
                 print(f"rank {trainer.env.rank}: SIGKILL with the write of {path} "
-                      f"{'finished' if future.done() else 'in flight'}", flush=True)
+                      f"{'finished' if written.done() else 'in flight'}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-            return future
+            return staged, written
 
         engine.save_async = save_async_then_kill
         installed.append(KILL_IN_ASYNC_WRITE_STEP)

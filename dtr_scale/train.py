@@ -202,6 +202,7 @@ def train_step(tr: Trainer) -> None:
             loss, per_sample = engine.module(x, timesteps, y, noise, drop, *extra)
             engine.backward(loss)
         tr.stats.add_micro_batch(loss, per_sample, tr.objective.timestep_clusters(timesteps, NUM_LOG_CLUSTERS))
+    tr.ckpt.wait_for_staging()  # a background save may still be copying what the step changes
     result = engine.step()
     with tr.stats.timing_ema():
         engine.update_ema(t.ema_decay, result.applied)

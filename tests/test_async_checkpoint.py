@@ -1,7 +1,8 @@
 """`checkpoint.async=true`: the background write produces the very checkpoint a synchronous save
 does, `latest` moves only once it is complete, a SIGKILL mid-write leaves the previous checkpoint
-as `latest` and the run resumes from it exactly, and a disk that fills up during a background
-write stops the run with the same one-line error as a synchronous save.
+as `latest` and the run resumes from it exactly, the optimizer step waits for a staging copy
+that is still running, and a disk that fills up during a background write stops the run with
+the same one-line error as a synchronous save.
 
 Multi-process runs are real 2-process gloo jobs compared with the synchronous runs of the shared
 `full_runs` fixture (same flags, 4 steps, checkpoints at 2 and 4). Engines by code path: the
@@ -9,6 +10,8 @@ single engine (torch state, no process group) in-process; FSDP2 (DTensor shards)
 ZeRO-3 (full tensors gathered from the partitions) killed mid-write and resumed; DDP, ZeRO-1 and
 ZeRO-2 share those two state paths and are covered by the straight comparison."""
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ import torch
 from dtr_scale import train as train_cli
 from dtr_scale.config import load_config
 from dtr_scale.parallel.process_group import DistEnv
-from launch_helpers import ENGINES, REPO, STEPS, TINY_CONFIG, checkpoint_state, metrics, train
+from launch_helpers import ENGINES, REPO, STEPS, TINY_CONFIG, checkpoint_state, flatten, metrics, train
 from test_storage_faults import digest, error_lines, tmpfs
 
 ASYNC = "checkpoint.async=true"
@@ -57,6 +60,60 @@ def test_single_engine_async_equals_sync(digits_shards, tmp_path, scratch, keep_
     for step in ("step_000000002", "step_000000004"):
         assert_same_state(os.path.join(runs["sync"], step), os.path.join(runs["async"], step), scratch)
     assert [m["loss"] for m in metrics(runs["async"])] == [m["loss"] for m in metrics(runs["sync"])]
+
+
+class LateStager:
+    """The run's own stager, started `delay` seconds late on a thread: a copy still running when
+    the next training step comes."""
+    should_synchronize_after_execute = False
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.delay, self.pool = inner, delay, ThreadPoolExecutor(max_workers=1)
+
+    def stage(self, state_dict):
+        def late():
+            time.sleep(self.delay)
+            staged = self.inner.stage(state_dict)
+            return staged.result() if hasattr(staged, "result") else staged
+        return self.pool.submit(late)
+
+    def synchronize_staging(self):
+        pass
+
+    def close(self):
+        self.pool.shutdown()
+        self.inner.close()
+
+
+def test_the_optimizer_step_waits_for_a_copy_still_running(digits_shards, tmp_path, scratch, keep_signal_handlers):
+    """The staging copy overlaps the next step's forward and backward; `train_step` waits for it
+    before the optimizer changes the tensors. With the copy held back 1 s, the checkpoint still
+    holds the state at the save, and skipping the wait (the control) lets the next step's update
+    leak into it: the wait is what keeps it exact."""
+    cfg = load_config(os.path.join(REPO, "configs", "digits-tiny.yaml"),
+                      [f"data.path={digits_shards}", f"checkpoint.dir={tmp_path / 'run'}", "train.global_batch_size=8",
+                       "data.num_workers=0", "checkpoint.resume=none", "train.max_steps=10", ASYNC])
+    tr = train_cli.setup(cfg, DistEnv())
+    train_cli.resume(tr)
+    tr.ckpt._stager = LateStager(tr.ckpt._stager, delay=1.0)
+    train_cli.train_step(tr)
+
+    def save_then_step(step):
+        final = tr.ckpt.save(step, tr.engine, tr.trainer_state(), tr.config_yaml, {})
+        at_save = {k: v.clone() for k, v in flatten(tr.engine.state_dict())}
+        assert not tr.ckpt.pending.staged.done()
+        train_cli.train_step(tr)
+        tr.ckpt.finish()
+        saved = checkpoint_state(final, scratch / str(step))
+        assert saved.keys() == at_save.keys() and any(k.endswith("exp_avg_sq") for k in saved)
+        return [k for k in saved if not torch.equal(saved[k], at_save[k])]
+
+    (scratch / "1").mkdir()
+    assert save_then_step(1) == []
+    tr.ckpt.wait_for_staging = lambda: None  # the control: no wait before the optimizer step
+    (scratch / "2").mkdir()
+    changed = save_then_step(2)
+    assert any(k.startswith("/model/") for k in changed) and any(k.endswith("exp_avg_sq") for k in changed), changed
 
 
 @pytest.mark.distributed

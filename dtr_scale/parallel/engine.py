@@ -127,17 +127,26 @@ class Engine:
         """Collective: write the canonical state under `path` (DCP: every rank writes its part)."""
         dcp.save(self.state_dict(), checkpoint_id=path)
 
-    def save_async(self, path: str, process_group=None, stager=None) -> Future:
-        """Collective: stage the canonical state (a copy in host memory, so that training may
-        change its tensors from now on; `stager` keeps the buffers between saves) and write it
-        under `path` from a background thread (checkpoint_async.py). Returns DCP's future: done
-        when this rank's part is written."""
+    def save_async(self, path: str, process_group=None, stager=None) -> tuple[Future, Future]:
+        """Collective: stage the canonical state (a copy in host memory, taken on the stager's
+        thread; `stager` keeps the buffers between saves) and write it under `path` from a
+        background thread (checkpoint_async.py). Returns two futures: done when the copy is
+        complete (the training tensors may change from then on), and DCP's, done when this
+        rank's part is written."""
         import torch.distributed as dist
-        from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+        from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 
-        return dcp.async_save(self.state_dict(), checkpoint_id=path, process_group=process_group,
-                              async_checkpointer_type=AsyncCheckpointerType.THREAD, async_stager=stager,
-                              no_dist=not (dist.is_available() and dist.is_initialized()))
+        if torch.accelerator.is_available():
+            # The copy runs on a side stream: the optimizer step queued on this one must be done.
+            torch.accelerator.synchronize()
+        result = dcp.async_save(self.state_dict(), checkpoint_id=path, process_group=process_group,
+                                async_checkpointer_type=AsyncCheckpointerType.THREAD, async_stager=stager,
+                                no_dist=not (dist.is_available() and dist.is_initialized()))
+        if isinstance(result, AsyncSaveResponse):
+            return result.staging_completion, result.upload_completion
+        staged: Future = Future()  # a stager that copies before it returns
+        staged.set_result(None)
+        return staged, result
 
     def load(self, path: str) -> None:
         """Collective: read a state that any engine on any world size saved, resharded by DCP."""
