@@ -116,6 +116,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS_DIR / "global_start.json"))
     args = p.parse_args()
     rows, made = [], []
+    machine = machine_info()  # the load average before the run; the one after is added at the end
     warm = Path(tempfile.mkdtemp(prefix="global_start_warm_", dir=args.work))
     try:  # one discarded start: the first interpreter + torch import of a run reads cold files
         one_rank(make_dataset(warm, args.shard_size, args.shard_size)[0], "index", 0, 8)
@@ -155,8 +156,8 @@ def main() -> None:
                 "scan_shards_opened": max(r["shards_opened"] for r in rows
                                           if r["num_samples"] == n and r["variant"] == "scan")}
                for n in args.sizes]
-    result = {"benchmark": "global_start", "machine": machine_info(),
-              "quiet_machine": False, "note": "shared 2-core machine, other helpers running",
+    result = {"benchmark": "global_start", "machine": machine,
+              "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
               "local_batch": LOCAL_BATCH, "shard_size": args.shard_size, "datasets": made,
               "summary": summary, "runs": rows, "command": " ".join(["python", *sys.argv])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
