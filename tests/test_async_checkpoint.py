@@ -8,7 +8,8 @@ Multi-process runs are real 2-process gloo jobs compared with the synchronous ru
 `full_runs` fixture (same flags, 4 steps, checkpoints at 2 and 4). Engines by code path: the
 single engine (torch state, no process group) in-process; FSDP2 (DTensor shards) and DeepSpeed
 ZeRO-3 (full tensors gathered from the partitions) killed mid-write and resumed; DDP, ZeRO-1 and
-ZeRO-2 share those two state paths and are covered by the straight comparison."""
+ZeRO-2 run straight through with background writes, both checkpoints compared with the
+synchronous runs'."""
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +141,20 @@ def test_sigkill_during_async_write_resumes_exactly(name, full_runs, digits_shar
     assert_same_state(os.path.join(straight, "step_000000004"), os.path.join(run_dir, "step_000000004"), scratch)
     resumed = [m["loss"] for m in metrics(run_dir) if m["step"] > 2][-2:]
     assert resumed == [m["loss"] for m in metrics(straight)[2:4]]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", ["ddp", "zero1", "zero2"])
+def test_async_run_equals_sync_run(name, full_runs, digits_shards, tmp_path, scratch):
+    run_dir = str(tmp_path / "async")
+    train(digits_shards, run_dir, *ENGINES[name], *STEPS, ASYNC)
+    assert latest(run_dir) == "step_000000004"
+    assert not [d for d in os.listdir(run_dir) if d.startswith(".tmp-")]
+    for step in ("step_000000002", "step_000000004"):
+        assert_same_state(os.path.join(full_runs[name], step), os.path.join(run_dir, step), scratch)
+    assert [m["loss"] for m in metrics(run_dir)] == [m["loss"] for m in metrics(full_runs[name])]
 
 
 def test_disk_full_during_background_write_stops_with_the_same_line(digits_shards, tmp_path, capsys,
