@@ -1,8 +1,9 @@
 """Training stall per checkpoint, `checkpoint.async=true` vs the synchronous save, and the step
 time while a background write runs.
 
-One run on this machine. Per model, one `torch.distributed.run --standalone --nproc_per_node=2`
-job (gloo, one thread per rank) builds a routed DiT on the chosen engine (default FSDP2), takes
+One run on this machine. Per model, one `torch.distributed.run --standalone --nproc_per_node=N`
+job (`--nproc`, default 2; gloo and one thread per rank on the CPU, NCCL and one GPU per rank
+with `--device cuda`) builds a routed DiT on the chosen engine (default FSDP2), takes
 one training step (so the optimizer holds its moments), and then, interleaved, `--reps` times:
 
   sync:  `CheckpointManager.save` with async off: the loop waits for the whole write (the stall);
@@ -27,6 +28,7 @@ rank (a collective save is as slow as its slowest rank), medians over the repeti
 A step is counted as "during the write" only if the write was still in flight when it began.
 
     python benchmarks/async_checkpoint.py [--models DiT-S/2,DiT-B/2] [--reps 3] [--steps 4]
+    python benchmarks/async_checkpoint.py --device cuda --nproc 1 --models DiT-B/2,DiT-XL/2   # a GPU
 
 Prints a table and writes benchmarks/results/async_checkpoint.json.
 """
@@ -42,7 +44,6 @@ import torch
 from common import RESULTS_DIR, command_line, machine_info, median, run_torchrun, write_json
 from engines import ENGINES, build, make_batch, train_step
 
-NPROC = 2
 GOAL_STALL_RATIO = 0.1
 
 
@@ -50,13 +51,14 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     from dtr_scale.checkpoint import CheckpointManager
-    from dtr_scale.parallel.process_group import barrier, init_distributed, shutdown
+    from dtr_scale.parallel.process_group import barrier, init_distributed, local_device, shutdown
 
     torch.set_num_threads(1)
     env = init_distributed()
-    engine = build(args, ENGINES[args.engine], env)
+    device = local_device(env) if args.device == "cuda" else torch.device("cpu")
+    engine = build(args, ENGINES[args.engine], env, device=device)
     gen = torch.Generator().manual_seed(env.rank)
-    batch = make_batch(args, args.batch, gen)
+    batch = make_batch(args, args.batch, gen, device)
     train_step(engine, batch)
     engine.update_ema(0.9999)
     sync = CheckpointManager(os.path.join(args.scratch, "sync"), 1, env)
@@ -112,10 +114,10 @@ def worker(args) -> None:
 
 
 def run_model(args, model: str) -> dict:
-    flags = ["--worker", "--model", model, "--engine", args.engine, "--batch", str(args.batch),
-             "--input-size", str(args.input_size), "--channels", str(args.channels), "--reps", str(args.reps),
-             "--steps", str(args.steps)]
-    data = run_torchrun(__file__, flags, NPROC, args.timeout)
+    flags = ["--worker", "--model", model, "--engine", args.engine, "--device", args.device,
+             "--batch", str(args.batch), "--input-size", str(args.input_size), "--channels", str(args.channels),
+             "--reps", str(args.reps), "--steps", str(args.steps)]
+    data = run_torchrun(__file__, flags, args.nproc, args.timeout)
     return {"model": model, **data} if "error" in data else data
 
 
@@ -123,6 +125,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="DiT-S/2,DiT-B/2")
     p.add_argument("--engine", default="fsdp", choices=list(ENGINES))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: one GPU per rank (NCCL)")
+    p.add_argument("--nproc", type=int, default=2, help="ranks (on CUDA at most the GPUs there are)")
     p.add_argument("--batch", type=int, default=1, help="per-rank batch of each training step")
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=4)
@@ -139,7 +143,9 @@ def main() -> int:
         return worker(args) or 0
     t0 = time.perf_counter()
     rows = [run_model(args, model) for model in args.models.split(",")]
-    print(f"{args.engine}, {NPROC} ranks, gloo, {args.reps} interleaved repetitions, slowest rank, medians\n")
+    backend = "gloo" if args.device == "cpu" else "nccl"
+    print(f"{args.engine}, {args.nproc} rank(s) on {args.device}, {backend}, {args.reps} interleaved repetitions, "
+          "slowest rank, medians\n")
     print("| model | checkpoint (MiB) | sync stall (s) | async stall (s) = save call + wait for the copy | stall ratio "
           "| rest of write at finish (s) | step (s) | step during write (s) | step slowdown | time lost per save, "
           "sync / async (s) |")
@@ -153,7 +159,7 @@ def main() -> int:
         row["median_s"] = m
         row["stall_ratio"] = m["async_stall"] / m["sync_stall"]
         row["step_slowdown"] = m["step_during_write"] / m["step_plain"]
-        during_per_save = len(t["step_during_write"]) / (args.reps * NPROC)
+        during_per_save = len(t["step_during_write"]) / (args.reps * args.nproc)
         row["lost_s"] = {"sync": m["sync_stall"],
                          "async": m["async_stall"] + during_per_save * (m["step_during_write"] - m["step_plain"])}
         row["meets_goal"] = row["stall_ratio"] <= GOAL_STALL_RATIO
@@ -164,7 +170,8 @@ def main() -> int:
               f"{row['lost_s']['sync']:.2f} / {row['lost_s']['async']:.2f} |")
     wall = time.perf_counter() - t0
     write_json(args.out, {"command": command_line(), "machine": machine_info(), "wall_s": round(wall, 1),
-                          "engine": args.engine, "nproc": NPROC, "reps": args.reps, "steps": args.steps,
+                          "engine": args.engine, "device": args.device, "nproc": args.nproc, "reps": args.reps,
+                          "steps": args.steps,
                           "goal_stall_ratio": GOAL_STALL_RATIO, "models": rows})
     print(f"\nwrote {args.out} ({wall:.0f} s)")
     return 0

@@ -49,8 +49,9 @@ TARGETS = {"sharded_vs_ddp_over_n": 1.10, "ckpt_mem_saving": 0.50, "ckpt_time_co
 EMA_DECAY = 0.9999
 
 
-def build(args, overrides, env, checkpointing=0.0):
-    """Config -> routed DiT (same weights on every rank) -> objective -> engine, by train.py's builder."""
+def build(args, overrides, env, checkpointing=0.0, device=None):
+    """Config -> routed DiT (same weights on every rank) -> objective -> engine, by train.py's
+    builder, on `device` (default the CPU)."""
     from dtr_scale.config import load_config
     from dtr_scale.train import build_training
 
@@ -58,13 +59,14 @@ def build(args, overrides, env, checkpointing=0.0):
                              f"model.checkpointing={checkpointing}",
                              f"train.global_batch_size={args.batch * env.world_size}", *overrides])
     latent_shape = (args.channels, args.input_size, args.input_size)
-    return build_training(cfg, env, torch.device("cpu"), latent_shape, num_classes=1000)[1]
+    return build_training(cfg, env, device or torch.device("cpu"), latent_shape, num_classes=1000)[1]
 
 
-def make_batch(args, batch_size, gen):
+def make_batch(args, batch_size, gen, device=None):
     n, c, s = batch_size, args.channels, args.input_size
-    return (torch.randn(n, c, s, s, generator=gen), torch.randint(0, 1000, (n,), generator=gen),
-            torch.randint(0, 1000, (n,), generator=gen), torch.randn(n, c, s, s, generator=gen))
+    batch = (torch.randn(n, c, s, s, generator=gen), torch.randint(0, 1000, (n,), generator=gen),
+             torch.randint(0, 1000, (n,), generator=gen), torch.randn(n, c, s, s, generator=gen))
+    return tuple(t.to(device) for t in batch) if device is not None else batch
 
 
 def train_step(engine, batch, before_update=None) -> float:
@@ -76,6 +78,8 @@ def train_step(engine, batch, before_update=None) -> float:
     if before_update is not None:
         before_update()
     engine.step()
+    if batch[0].is_cuda:
+        torch.cuda.synchronize()  # the step's kernels are queued: time them, not their launch
     return time.perf_counter() - t0
 
 
