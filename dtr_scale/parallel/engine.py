@@ -136,10 +136,12 @@ class Engine:
         import torch.distributed as dist
         from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 
+        state = self.state_dict()
         if torch.accelerator.is_available():
-            # The copy runs on a side stream: the optimizer step queued on this one must be done.
+            # The copy runs on a side stream: what this stream has queued (the optimizer step, and
+            # the gathers and casts of state_dict()) must be done before it reads the tensors.
             torch.accelerator.synchronize()
-        result = dcp.async_save(self.state_dict(), checkpoint_id=path, process_group=process_group,
+        result = dcp.async_save(state, checkpoint_id=path, process_group=process_group,
                                 async_checkpointer_type=AsyncCheckpointerType.THREAD, async_stager=stager,
                                 no_dist=not (dist.is_available() and dist.is_initialized()))
         if isinstance(result, AsyncSaveResponse):
