@@ -47,10 +47,7 @@ def test_differences_finds_a_changed_bit():
 
 
 def test_a_record_applies_only_to_the_machine_it_names():
-    records = {}
-    for path in make_golden.RECORDS:
-        with open(path) as f:
-            records[os.path.basename(path)] = json.load(f)
+    records = make_golden.records()
     assert "pre_redesign.json" in records and len(records) >= 2
     for name, record in records.items():
         named = record["machine"]
@@ -65,12 +62,8 @@ def test_a_record_applies_only_to_the_machine_it_names():
 
 @pytest.mark.slow
 def test_training_export_and_sampling_are_bitwise_as_before_the_redesign(digits_shards, tmp_path):
-    mine, records = make_golden.machine(), {}
-    for path in make_golden.RECORDS:
-        with open(path) as f:
-            record = json.load(f)
-        if make_golden.applies(record, mine):
-            records[os.path.basename(path)] = record
+    mine = make_golden.machine()
+    records = {name: record for name, record in make_golden.records().items() if make_golden.applies(record, mine)}
     if not records:
         pytest.skip(f"no record is for this kind of machine ({mine}); see tests/golden/make_golden.py")
     now = make_golden.record_all(digits_shards, str(tmp_path))

@@ -92,6 +92,15 @@ def cpu_details() -> dict:
     return {"cpu_model": first.get("model name"), "cpu_cache": first.get("cache size"), "cpu_flags": vector}
 
 
+def records() -> dict[str, dict]:
+    """Every saved record, by file name."""
+    out = {}
+    for path in RECORDS:
+        with open(path) as f:
+            out[os.path.basename(path)] = json.load(f)
+    return out
+
+
 def applies(record: dict, mine: dict) -> bool:
     """A record applies to a machine when it names the CPU's details and every machine field it
     names has this machine's value."""
